@@ -1,0 +1,5 @@
+#include "launcher/commands.hpp"
+#include <CLI/CLI.hpp>
+namespace anvil::launcher {
+void register_tokenize(CLI::App& app, int& exit_code) { (void)app; (void)exit_code; }
+}

@@ -1,0 +1,16 @@
+// Subcommands of the `anvil` binary. Each lives in launcher/cmd_<name>.cpp and registers
+// itself on the CLI11 app; its callback returns the process exit code through `exit_code`.
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace anvil::launcher {
+
+void register_init_model(CLI::App& app, int& exit_code);
+void register_score(CLI::App& app, int& exit_code);
+void register_generate(CLI::App& app, int& exit_code);
+void register_tokenize(CLI::App& app, int& exit_code);
+
+}  // namespace anvil::launcher
