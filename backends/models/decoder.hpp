@@ -1,0 +1,113 @@
+// The decoder family (Llama, Qwen2, Qwen3) over packed variable-length batches.
+//
+// One implementation serves trainer, reference and rollout engine, so all three compute
+// the same log-probs for the same weights. Letters used in shape comments:
+//   T = packed tokens of a batch, S = sequences, H = hidden_size, V = vocab_size,
+//   D = head_dim, Nq / Nkv = attention / key-value heads, L = cached length.
+#pragma once
+
+#include "backends/models/config.hpp"
+#include "backends/models/rope.hpp"
+#include "backends/models/weights.hpp"
+
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <memory>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace anvil::models {
+
+// Several sequences concatenated into one row. Attention never crosses a sequence
+// boundary; positions restart per sequence (or continue from a cache, see KVCache).
+struct PackedBatch {
+  at::Tensor tokens;              // [T] int64
+  at::Tensor positions;           // [T] int64
+  std::vector<int64_t> seq_lens;  // [S], sum == T
+  // With a KVCache: the cache slot of each sequence; its new tokens follow the slot's
+  // cached tokens. Empty when no cache is used.
+  std::vector<int64_t> cache_slots;
+
+  // Packs `sequences` with positions 0..n-1 each.
+  static PackedBatch pack(const std::vector<std::vector<int64_t>>& sequences,
+                          const at::Device& device);
+};
+
+// A contiguous per-sequence key/value cache for simple generation (the rollout engine
+// has its own paged cache). Slots are independent; not thread-safe.
+class KVCache {
+ public:
+  explicit KVCache(int64_t num_layers) : layers_(num_layers) {}
+  int64_t length(int64_t slot) const;
+  void clear(int64_t slot);
+
+  // Appends k/v ([Nkv, n, D]) for `slot` at `layer`; returns the full cached K and V
+  // ([Nkv, L+n, D]) views. The slot's length advances after the last layer (commit()).
+  std::pair<at::Tensor, at::Tensor> append(int64_t layer, int64_t slot, const at::Tensor& k,
+                                           const at::Tensor& v);
+  void commit(int64_t slot, int64_t n);
+
+ private:
+  struct Entry {
+    at::Tensor k, v;  // [Nkv, capacity, D]
+  };
+  std::vector<std::unordered_map<int64_t, Entry>> layers_;
+  std::unordered_map<int64_t, int64_t> lengths_;
+};
+
+class DecoderModel {
+ public:
+  // A model with uninitialised parameters of `options` (dtype, device).
+  DecoderModel(ModelConfig config, const at::TensorOptions& options);
+
+  // Loads config.json and the safetensors weights of an HF directory.
+  static std::unique_ptr<DecoderModel> from_pretrained(const std::filesystem::path& dir,
+                                                       at::ScalarType dtype,
+                                                       const at::Device& device);
+
+  const ModelConfig& config() const { return config_; }
+  const std::vector<ParamSpec>& specs() const { return specs_; }
+  // Parameters in spec order. Callers may replace tensors (same shape) or set
+  // requires_grad for training.
+  std::vector<at::Tensor>& parameters() { return params_; }
+  const std::vector<at::Tensor>& parameters() const { return params_; }
+  at::Tensor& parameter(std::string_view name);
+  at::ScalarType dtype() const { return options_.dtype().toScalarType(); }
+  at::Device device() const { return options_.device(); }
+
+  // Final-norm hidden states [T, H] for a packed batch. With `cache`, each sequence's
+  // keys/values are appended to its slot and attention covers the cached prefix.
+  at::Tensor forward_hidden(const PackedBatch& batch, KVCache* cache = nullptr) const;
+  // The output projection [V, H]: lm_head.weight, or the embedding when tied.
+  const at::Tensor& lm_head_weight() const { return p(lm_head_ >= 0 ? lm_head_ : embed_); }
+  // Logits [T', V] for hidden states [T', H].
+  at::Tensor logits(const at::Tensor& hidden) const;
+  // forward_hidden + logits.
+  at::Tensor forward(const PackedBatch& batch, KVCache* cache = nullptr) const;
+
+ private:
+  struct LayerIndex {
+    int input_norm, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, q_norm, k_norm, post_norm, gate_w,
+        gate_b, up_w, up_b, down_w, down_b;
+  };
+  const at::Tensor& p(int index) const;  // undefined tensor for index -1
+  at::Tensor attention(int layer, const at::Tensor& x, const PackedBatch& batch,
+                       const std::vector<std::pair<at::Tensor, at::Tensor>>& rope,
+                       const std::vector<int64_t>& past, KVCache* cache) const;
+
+  ModelConfig config_;
+  at::TensorOptions options_;
+  Rope rope_;
+  std::vector<ParamSpec> specs_;
+  std::vector<at::Tensor> params_;
+  std::unordered_map<std::string, int> index_;
+  std::vector<LayerIndex> layers_;
+  int embed_ = -1, final_norm_ = -1, lm_head_ = -1;
+};
+
+// fp32 RMSNorm as transformers: x * rsqrt(mean(x^2) + eps) in fp32, cast back, * weight.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+}  // namespace anvil::models

@@ -1,0 +1,1 @@
+anvil_parity_test(parity_models test_model_parity.py)
