@@ -1,0 +1,1 @@
+anvil_parity_test(parity_tokenizer test_tokenizer_parity.py)
