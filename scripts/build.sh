@@ -11,9 +11,7 @@ export CCACHE_NOHASHDIR=1
 export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
 export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-8G}
 JOBS=${ANVIL_BUILD_JOBS:-$(nproc)}
-if [ ! -f build/build.ninja ]; then
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@"
-elif [ $# -gt 0 ]; then
-  cmake build "$@"
-fi
+# Always configure (a few seconds): optional per-area test files are picked up.
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" > build.configure.log 2>&1 ||
+  { cat build.configure.log; exit 1; }
 cmake --build build -j "$JOBS"
