@@ -126,7 +126,7 @@ const at::Tensor& DecoderModel::p(int index) const {
 }
 
 at::Tensor DecoderModel::attention(int layer, const at::Tensor& x, const PackedBatch& batch,
-                                   const std::vector<std::pair<at::Tensor, at::Tensor>>& rope,
+                                   const at::Tensor& cos, const at::Tensor& sin,
                                    const std::vector<int64_t>& past, KVCache* cache) const {
   const LayerIndex& w = layers_[layer];
   const int64_t T = x.size(0);
@@ -140,16 +140,34 @@ at::Tensor DecoderModel::attention(int layer, const at::Tensor& x, const PackedB
     q = rms_norm(q, p(w.q_norm), config_.rms_norm_eps);
     k = rms_norm(k, p(w.k_norm), config_.rms_norm_eps);
   }
+  q = apply_rotary(q, cos, sin);
+  k = apply_rotary(k, cos, sin);
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  const bool gqa = nq != nkv;
+  const size_t S = batch.seq_lens.size();
+
+  // Without a cache, sequences of one length run as one batched attention call.
+  if (cache == nullptr && S > 1 &&
+      std::all_of(batch.seq_lens.begin(), batch.seq_lens.end(),
+                  [&](int64_t n) { return n == batch.seq_lens[0]; })) {
+    const int64_t n = batch.seq_lens[0];
+    auto heads_first = [&](const at::Tensor& t, int64_t h) {
+      return t.view({static_cast<int64_t>(S), n, h, D}).transpose(1, 2);  // [S, h, n, D]
+    };
+    at::Tensor o = at::scaled_dot_product_attention(heads_first(q, nq), heads_first(k, nkv),
+                                                    heads_first(v, nkv), std::nullopt, 0.0,
+                                                    /*is_causal=*/true, scale, gqa);
+    return at::linear(o.transpose(1, 2).reshape({T, nq * D}), p(w.o_w), p(w.o_b));
+  }
+
   std::vector<at::Tensor> outputs;
-  outputs.reserve(batch.seq_lens.size());
+  outputs.reserve(S);
   int64_t offset = 0;
-  for (size_t s = 0; s < batch.seq_lens.size(); ++s) {
+  for (size_t s = 0; s < S; ++s) {
     const int64_t n = batch.seq_lens[s];
-    const auto& [cos, sin] = rope[s];
-    at::Tensor qs = apply_rotary(q.narrow(0, offset, n), cos, sin).transpose(0, 1);  // [Nq,n,D]
-    at::Tensor ks = apply_rotary(k.narrow(0, offset, n), cos, sin).transpose(0, 1);  // [Nkv,n,D]
-    at::Tensor vs = v.narrow(0, offset, n).transpose(0, 1);                          // [Nkv,n,D]
+    at::Tensor qs = q.narrow(0, offset, n).transpose(0, 1);  // [Nq, n, D]
+    at::Tensor ks = k.narrow(0, offset, n).transpose(0, 1);  // [Nkv, n, D]
+    at::Tensor vs = v.narrow(0, offset, n).transpose(0, 1);  // [Nkv, n, D]
     std::optional<at::Tensor> mask;
     bool causal = true;
     if (cache != nullptr) {
@@ -167,7 +185,7 @@ at::Tensor DecoderModel::attention(int layer, const at::Tensor& x, const PackedB
     }
     at::Tensor o = at::scaled_dot_product_attention(qs.unsqueeze(0), ks.unsqueeze(0),
                                                     vs.unsqueeze(0), mask, 0.0, causal, scale,
-                                                    /*enable_gqa=*/nq != nkv);  // [1,Nq,n,D]
+                                                    gqa);  // [1, Nq, n, D]
     outputs.push_back(o.squeeze(0).transpose(0, 1).reshape({n, nq * D}));
     offset += n;
   }
@@ -197,8 +215,8 @@ at::Tensor DecoderModel::forward_hidden(const PackedBatch& batch, KVCache* cache
     }
   }
 
-  // Rotary tables per sequence: [n, D] each. Dynamic NTK uses the sequence's own length.
-  std::vector<std::pair<at::Tensor, at::Tensor>> rope;
+  // Rotary tables per sequence, joined to [T, D]. Dynamic NTK uses each sequence's length.
+  std::vector<at::Tensor> cos_parts, sin_parts;
   std::vector<int64_t> past(batch.seq_lens.size(), 0);
   at::Tensor positions_cpu = batch.positions.to(at::kCPU);
   const int64_t* pos = positions_cpu.data_ptr<int64_t>();
@@ -207,15 +225,19 @@ at::Tensor DecoderModel::forward_hidden(const PackedBatch& batch, KVCache* cache
     const int64_t n = batch.seq_lens[s];
     if (cache != nullptr) past[s] = cache->length(batch.cache_slots[s]);
     int64_t max_pos = *std::max_element(pos + offset, pos + offset + n);
-    rope.push_back(rope_.cos_sin(batch.positions.narrow(0, offset, n), dtype(), max_pos + 1));
+    auto [c, sn] = rope_.cos_sin(batch.positions.narrow(0, offset, n), dtype(), max_pos + 1);
+    cos_parts.push_back(c);
+    sin_parts.push_back(sn);
     offset += n;
   }
+  at::Tensor cos = cos_parts.size() == 1 ? cos_parts[0] : at::cat(cos_parts, 0);  // [T, D]
+  at::Tensor sin = sin_parts.size() == 1 ? sin_parts[0] : at::cat(sin_parts, 0);  // [T, D]
 
   at::Tensor h = at::embedding(p(embed_), batch.tokens);  // [T, H]
   for (size_t l = 0; l < layers_.size(); ++l) {
     const LayerIndex& w = layers_[l];
     at::Tensor x = rms_norm(h, p(w.input_norm), config_.rms_norm_eps);
-    h = h + attention(static_cast<int>(l), x, batch, rope, past, cache);
+    h = h + attention(static_cast<int>(l), x, batch, cos, sin, past, cache);
     x = rms_norm(h, p(w.post_norm), config_.rms_norm_eps);
     at::Tensor gate = at::silu(at::linear(x, p(w.gate_w), p(w.gate_b)));  // [T, I]
     at::Tensor up = at::linear(x, p(w.up_w), p(w.up_b));                  // [T, I]

@@ -93,8 +93,9 @@ class DecoderModel {
         gate_b, up_w, up_b, down_w, down_b;
   };
   const at::Tensor& p(int index) const;  // undefined tensor for index -1
+  // Self-attention of one layer; cos/sin are [T, D], `past` the cached length per sequence.
   at::Tensor attention(int layer, const at::Tensor& x, const PackedBatch& batch,
-                       const std::vector<std::pair<at::Tensor, at::Tensor>>& rope,
+                       const at::Tensor& cos, const at::Tensor& sin,
                        const std::vector<int64_t>& past, KVCache* cache) const;
 
   ModelConfig config_;

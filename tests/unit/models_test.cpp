@@ -224,6 +224,17 @@ TEST_F(DecoderTest, PackedEqualsOneAtATime) {
   }
 }
 
+// Equal-length sequences take the batched attention path; it must agree with the loop.
+TEST_F(DecoderTest, EqualLengthBatchedPathEqualsOneAtATime) {
+  std::vector<std::vector<int64_t>> seqs = {{1, 2, 3, 4}, {5, 6, 7, 8}, {9, 10, 11, 12}};
+  at::NoGradGuard g;
+  at::Tensor packed = model_->forward(PackedBatch::pack(seqs, at::kCPU));
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    at::Tensor alone = model_->forward(PackedBatch::pack({seqs[i]}, at::kCPU));
+    EXPECT_LT((alone - packed.narrow(0, 4 * static_cast<int64_t>(i), 4)).abs().max().item<float>(), 1e-5);
+  }
+}
+
 // Decoding token by token through the KV cache reproduces the full forward.
 TEST_F(DecoderTest, KVCacheMatchesFullForward) {
   std::vector<int64_t> seq = {3, 1, 4, 1, 5, 9, 2, 6};
