@@ -19,7 +19,8 @@ at::Device parse_device(const std::string& name) {
     fail("--device '{}' is not a device (cpu, cuda, cuda:N)", name);
   }
   if (device.is_cuda() && !at::hasCUDA()) fail("--device {}: no CUDA device available", name);
-  if (!device.is_cpu() && !device.is_cuda()) fail("--device {}: only cpu and cuda are supported", name);
+  if (!device.is_cpu() && !device.is_cuda())
+    fail("--device {}: only cpu and cuda are supported", name);
   return device;
 }
 

@@ -57,12 +57,14 @@ void run_generate(const GenerateArgs& a) {
   set_threads(a.threads);
   at::Device device = parse_device(a.device);
   std::filesystem::path dir(a.model);
-  auto model = models::DecoderModel::from_pretrained(dir, models::parse_dtype_name(a.dtype), device);
+  auto model =
+      models::DecoderModel::from_pretrained(dir, models::parse_dtype_name(a.dtype), device);
   auto tokenizer = data::Tokenizer::from_file(dir / "tokenizer.json");
   std::vector<int32_t> prompt32 = tokenizer.encode(a.prompt);
   if (prompt32.empty()) fail("--prompt encodes to no tokens");
   std::vector<int64_t> prompt(prompt32.begin(), prompt32.end());
-  if (static_cast<int64_t>(prompt.size()) + a.max_new_tokens > model->config().max_position_embeddings) {
+  if (static_cast<int64_t>(prompt.size()) + a.max_new_tokens >
+      model->config().max_position_embeddings) {
     fail("prompt ({} tokens) + --max-new-tokens exceeds max_position_embeddings {}", prompt.size(),
          model->config().max_position_embeddings);
   }
@@ -79,12 +81,14 @@ void run_generate(const GenerateArgs& a) {
   for (int64_t i = 0; i < a.max_new_tokens; ++i) {
     models::PackedBatch batch;
     batch.tokens = at::tensor(step, at::kLong).to(device);
-    batch.positions = at::arange(position, position + static_cast<int64_t>(step.size()), at::kLong).to(device);
+    batch.positions =
+        at::arange(position, position + static_cast<int64_t>(step.size()), at::kLong).to(device);
     batch.seq_lens = {static_cast<int64_t>(step.size())};
     batch.cache_slots = {0};
     at::Tensor hidden = model->forward_hidden(batch, &cache);
     position += static_cast<int64_t>(step.size());
-    at::Tensor logits = model->logits(hidden.narrow(0, hidden.size(0) - 1, 1)).squeeze(0).to(at::kCPU, at::kFloat);
+    at::Tensor logits =
+        model->logits(hidden.narrow(0, hidden.size(0) - 1, 1)).squeeze(0).to(at::kCPU, at::kFloat);
     int64_t next;
     at::Tensor logp;
     if (a.temperature == 0) {
@@ -116,8 +120,11 @@ void run_generate(const GenerateArgs& a) {
   std::vector<int32_t> out32(output.begin(), output.end());
   std::string text = tokenizer.decode(out32, /*skip_special_tokens=*/true);
   if (a.json) {
-    nlohmann::json j = {{"prompt_ids", prompt}, {"output_ids", output}, {"logprobs", logprobs},
-                        {"text", text}, {"finish_reason", finish}};
+    nlohmann::json j = {{"prompt_ids", prompt},
+                        {"output_ids", output},
+                        {"logprobs", logprobs},
+                        {"text", text},
+                        {"finish_reason", finish}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("%s\n", text.c_str());

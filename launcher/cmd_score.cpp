@@ -33,8 +33,8 @@ void run_score(const ScoreArgs& a) {
   if (a.max_batch_tokens <= 0) fail("--max-batch-tokens must be positive");
   set_threads(a.threads);
   at::Device device = parse_device(a.device);
-  auto model = models::DecoderModel::from_pretrained(a.model, models::parse_dtype_name(a.dtype),
-                                                     device);
+  auto model =
+      models::DecoderModel::from_pretrained(a.model, models::parse_dtype_name(a.dtype), device);
   std::optional<data::Tokenizer> tokenizer;
   std::vector<std::vector<int64_t>> sequences;
   for (const JsonlLine& line : read_jsonl(a.input)) {
@@ -54,7 +54,8 @@ void run_score(const ScoreArgs& a) {
       }
     } else if (v.is_object() && v.contains("text")) {
       if (!v["text"].is_string()) fail("{}: 'text' must be a string", where);
-      if (!tokenizer) tokenizer = data::Tokenizer::from_file(std::filesystem::path(a.model) / "tokenizer.json");
+      if (!tokenizer)
+        tokenizer = data::Tokenizer::from_file(std::filesystem::path(a.model) / "tokenizer.json");
       for (int32_t id : tokenizer->encode(v["text"].get<std::string>())) tokens.push_back(id);
     } else {
       fail("{}: expected an object with 'tokens' or 'text'", where);
@@ -138,7 +139,8 @@ void register_score(CLI::App& app, int& exit_code) {
   cmd->add_option("--model", a->model, "HuggingFace model directory")->required();
   cmd->add_option("--input", a->input, "JSONL: {\"tokens\": [...]} or {\"text\": ...}")->required();
   cmd->add_option("--output", a->output, "JSONL: {\"logprobs\": [null, ...]}")->required();
-  cmd->add_option("--temperature", a->temperature, "log_softmax(logits / T)")->capture_default_str();
+  cmd->add_option("--temperature", a->temperature, "log_softmax(logits / T)")
+      ->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "float32 | bfloat16 | float16")->capture_default_str();
   cmd->add_option("--device", a->device, "cpu | cuda | cuda:N")->capture_default_str();
   cmd->add_option("--threads", a->threads, "LibTorch threads (0 = default)")->capture_default_str();

@@ -42,9 +42,9 @@ std::vector<std::string> model_presets() {
 }
 
 const std::vector<std::string>& builtin_special_tokens() {
-  static const std::vector<std::string> kTokens = {
-      "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>",
-      "<tool_call>",   "</tool_call>"};
+  static const std::vector<std::string> kTokens = {"<|endoftext|>", "<|im_start|>", "<|im_end|>",
+                                                   "<think>",       "</think>",     "<tool_call>",
+                                                   "</tool_call>"};
   return kTokens;
 }
 
@@ -120,10 +120,10 @@ void init_model(const InitModelOptions& o) {
     int64_t id = t["id"].get<int64_t>();
     special_ids[t["content"].get<std::string>()] = id;
     tokenizer_vocab = std::max(tokenizer_vocab, id + 1);
-    added_decoder[std::to_string(id)] = {{"content", t["content"]},   {"lstrip", t["lstrip"]},
-                                         {"normalized", t["normalized"]}, {"rstrip", t["rstrip"]},
-                                         {"single_word", t["single_word"]},
-                                         {"special", t["special"]}};
+    added_decoder[std::to_string(id)] = {
+        {"content", t["content"]},         {"lstrip", t["lstrip"]},
+        {"normalized", t["normalized"]},   {"rstrip", t["rstrip"]},
+        {"single_word", t["single_word"]}, {"special", t["special"]}};
   }
   const int64_t eos = special_ids.at("<|im_end|>");
   const int64_t pad = special_ids.at("<|endoftext|>");

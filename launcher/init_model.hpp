@@ -16,12 +16,12 @@ namespace anvil::models {  // launcher-level: composes models and data
 
 struct InitModelOptions {
   Arch arch = Arch::kQwen3;
-  std::string preset = "tiny";      // see model_presets()
+  std::string preset = "tiny";  // see model_presets()
   std::filesystem::path out;
   uint64_t seed = 0;
-  std::string dtype = "float32";    // stored dtype: float32 | bfloat16 | float16
+  std::string dtype = "float32";  // stored dtype: float32 | bfloat16 | float16
   nlohmann::json overrides = nlohmann::json::object();  // merged into config.json
-  bool force = false;               // replace an existing directory
+  bool force = false;                                   // replace an existing directory
   uint64_t max_shard_bytes = 5ull << 30;
 };
 

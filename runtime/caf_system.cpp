@@ -9,9 +9,8 @@ namespace anvil::runtime {
 std::string caf_echo_roundtrip(const std::string& text) {
   caf::actor_system_config cfg;
   caf::actor_system sys{cfg};
-  auto echo = sys.spawn([]() -> caf::behavior {
-    return {[](const std::string& in) { return "echo:" + in; }};
-  });
+  auto echo = sys.spawn(
+      []() -> caf::behavior { return {[](const std::string& in) { return "echo:" + in; }}; });
   caf::scoped_actor self{sys};
   std::string result;
   self->request(echo, std::chrono::seconds(5), text)

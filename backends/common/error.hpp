@@ -33,10 +33,9 @@ namespace detail {
 
 // Aborts the process with file:line, the condition and an optional formatted message.
 // For invariants of anvil's own code only; never for user input.
-#define ANVIL_CHECK(cond, ...)                                                   \
-  do {                                                                           \
-    if (!(cond)) [[unlikely]] {                                                  \
-      ::anvil::detail::check_failed(__FILE__, __LINE__, #cond,                   \
-                                    ::fmt::format("" __VA_ARGS__));              \
-    }                                                                            \
+#define ANVIL_CHECK(cond, ...)                                                                 \
+  do {                                                                                         \
+    if (!(cond)) [[unlikely]] {                                                                \
+      ::anvil::detail::check_failed(__FILE__, __LINE__, #cond, ::fmt::format("" __VA_ARGS__)); \
+    }                                                                                          \
   } while (0)

@@ -96,9 +96,10 @@ RopeConfig parse_rope(const Reader& top, const ModelConfig& cfg) {
   if (rope.theta <= 0) fail("{}: rope_theta must be positive", r.source());
   double partial = r.number("partial_rotary_factor", top.number("partial_rotary_factor", 1.0));
   if (partial != 1.0) {
-    fail("{}: partial_rotary_factor {} is not supported (the decoder family rotates the full "
-         "head_dim)",
-         r.source(), partial);
+    fail(
+        "{}: partial_rotary_factor {} is not supported (the decoder family rotates the full "
+        "head_dim)",
+        r.source(), partial);
   }
 
   const bool needs_original = rope.type == "yarn" || rope.type == "llama3";
@@ -171,9 +172,12 @@ Arch arch_from_name(const std::string& name) {
 
 const char* arch_name(Arch arch) {
   switch (arch) {
-    case Arch::kLlama: return "llama";
-    case Arch::kQwen2: return "qwen2";
-    case Arch::kQwen3: return "qwen3";
+    case Arch::kLlama:
+      return "llama";
+    case Arch::kQwen2:
+      return "qwen2";
+    case Arch::kQwen3:
+      return "qwen3";
   }
   return "?";
 }
@@ -194,14 +198,17 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   std::string model_type = r.string("model_type", "");
   if (architecture == "LlamaForCausalLM" || (architecture.empty() && model_type == "llama")) {
     c.arch = Arch::kLlama;
-  } else if (architecture == "Qwen2ForCausalLM" || (architecture.empty() && model_type == "qwen2")) {
+  } else if (architecture == "Qwen2ForCausalLM" ||
+             (architecture.empty() && model_type == "qwen2")) {
     c.arch = Arch::kQwen2;
-  } else if (architecture == "Qwen3ForCausalLM" || (architecture.empty() && model_type == "qwen3")) {
+  } else if (architecture == "Qwen3ForCausalLM" ||
+             (architecture.empty() && model_type == "qwen3")) {
     c.arch = Arch::kQwen3;
   } else {
-    fail("{}: architecture '{}' (model_type '{}') is not supported (supported: "
-         "LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)",
-         source, architecture, model_type);
+    fail(
+        "{}: architecture '{}' (model_type '{}') is not supported (supported: "
+        "LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)",
+        source, architecture, model_type);
   }
 
   // Defaults are those of the transformers config class of each architecture.
@@ -212,9 +219,9 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
       positive(r, "intermediate_size", r.integer("intermediate_size", llama ? 11008 : 22016));
   c.num_hidden_layers = positive(r, "num_hidden_layers", r.integer("num_hidden_layers", 32));
   c.num_attention_heads = positive(r, "num_attention_heads", r.integer("num_attention_heads", 32));
-  c.num_key_value_heads = positive(
-      r, "num_key_value_heads",
-      r.integer("num_key_value_heads", llama ? c.num_attention_heads : int64_t{32}));
+  c.num_key_value_heads =
+      positive(r, "num_key_value_heads",
+               r.integer("num_key_value_heads", llama ? c.num_attention_heads : int64_t{32}));
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     fail("{}: num_attention_heads ({}) must be a multiple of num_key_value_heads ({})", source,
          c.num_attention_heads, c.num_key_value_heads);

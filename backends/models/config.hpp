@@ -55,10 +55,10 @@ struct ModelConfig {
   int64_t max_position_embeddings = 0;
   double rms_norm_eps = 1e-6;
   bool tie_word_embeddings = false;
-  bool qkv_bias = false;    // q/k/v projections (Qwen2 always; Llama/Qwen3: attention_bias)
-  bool o_bias = false;      // o_proj (Llama/Qwen3: attention_bias)
-  bool mlp_bias = false;    // gate/up/down (Llama: mlp_bias)
-  bool qk_norm = false;     // Qwen3 per-head RMSNorm on q and k before RoPE
+  bool qkv_bias = false;  // q/k/v projections (Qwen2 always; Llama/Qwen3: attention_bias)
+  bool o_bias = false;    // o_proj (Llama/Qwen3: attention_bias)
+  bool mlp_bias = false;  // gate/up/down (Llama: mlp_bias)
+  bool qk_norm = false;   // Qwen3 per-head RMSNorm on q and k before RoPE
   double initializer_range = 0.02;
   RopeConfig rope;
   std::string dtype = "float32";  // the checkpoint's stored dtype ("dtype"/"torch_dtype")

@@ -39,8 +39,8 @@ void KVCache::clear(int64_t slot) {
   for (auto& layer : layers_) layer.erase(slot);
 }
 
-std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, int64_t slot,
-                                                  const at::Tensor& k, const at::Tensor& v) {
+std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, int64_t slot, const at::Tensor& k,
+                                                  const at::Tensor& v) {
   ANVIL_CHECK(layer >= 0 && layer < static_cast<int64_t>(layers_.size()));
   const int64_t past = length(slot);
   const int64_t n = k.size(1);
@@ -90,16 +90,16 @@ DecoderModel::DecoderModel(ModelConfig config, const at::TensorOptions& options)
   lm_head_ = find("lm_head.weight");
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
     std::string p = "model.layers." + std::to_string(l) + ".";
-    layers_.push_back(LayerIndex{
-        find(p + "input_layernorm.weight"),       find(p + "self_attn.q_proj.weight"),
-        find(p + "self_attn.q_proj.bias"),        find(p + "self_attn.k_proj.weight"),
-        find(p + "self_attn.k_proj.bias"),        find(p + "self_attn.v_proj.weight"),
-        find(p + "self_attn.v_proj.bias"),        find(p + "self_attn.o_proj.weight"),
-        find(p + "self_attn.o_proj.bias"),        find(p + "self_attn.q_norm.weight"),
-        find(p + "self_attn.k_norm.weight"),      find(p + "post_attention_layernorm.weight"),
-        find(p + "mlp.gate_proj.weight"),         find(p + "mlp.gate_proj.bias"),
-        find(p + "mlp.up_proj.weight"),           find(p + "mlp.up_proj.bias"),
-        find(p + "mlp.down_proj.weight"),         find(p + "mlp.down_proj.bias")});
+    layers_.push_back(
+        LayerIndex{find(p + "input_layernorm.weight"), find(p + "self_attn.q_proj.weight"),
+                   find(p + "self_attn.q_proj.bias"), find(p + "self_attn.k_proj.weight"),
+                   find(p + "self_attn.k_proj.bias"), find(p + "self_attn.v_proj.weight"),
+                   find(p + "self_attn.v_proj.bias"), find(p + "self_attn.o_proj.weight"),
+                   find(p + "self_attn.o_proj.bias"), find(p + "self_attn.q_norm.weight"),
+                   find(p + "self_attn.k_norm.weight"), find(p + "post_attention_layernorm.weight"),
+                   find(p + "mlp.gate_proj.weight"), find(p + "mlp.gate_proj.bias"),
+                   find(p + "mlp.up_proj.weight"), find(p + "mlp.up_proj.bias"),
+                   find(p + "mlp.down_proj.weight"), find(p + "mlp.down_proj.bias")});
   }
   ANVIL_CHECK(embed_ >= 0 && final_norm_ >= 0);
 }

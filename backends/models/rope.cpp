@@ -41,8 +41,8 @@ std::pair<at::Tensor, double> compute_inv_freq(const ModelConfig& c, int64_t seq
         at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
     if (seq_len <= c.max_position_embeddings) {
       // At construction transformers evaluates the base in Python floats (double).
-      double base = r.theta * std::pow((r.factor * max_pos / max_pos) - (r.factor - 1.0),
-                                       exponent_scale);
+      double base =
+          r.theta * std::pow((r.factor * max_pos / max_pos) - (r.factor - 1.0), exponent_scale);
       return {rdiv(1.0, at::pow(base, exponent)), 1.0};
     }
     // On growth transformers passes seq_len as an int64 tensor: the base is fp32.
@@ -81,8 +81,8 @@ std::pair<at::Tensor, double> compute_inv_freq(const ModelConfig& c, int64_t seq
     at::Tensor interpolation = rdiv(1.0, r.factor * freqs);
     at::Tensor ramp = at::clamp((at::arange(dim / 2, at::kFloat) - low) / (high - low), 0, 1);
     at::Tensor extrapolation_factor = 1 - ramp;
-    at::Tensor inv = interpolation * (1 - extrapolation_factor) +
-                     extrapolation * extrapolation_factor;
+    at::Tensor inv =
+        interpolation * (1 - extrapolation_factor) + extrapolation * extrapolation_factor;
     return {inv, attention_factor};
   }
   if (r.type == "llama3") {
@@ -92,11 +92,11 @@ std::pair<at::Tensor, double> compute_inv_freq(const ModelConfig& c, int64_t seq
     const double high_wavelen = old_len / r.high_freq_factor;
     at::Tensor wavelen = rdiv(2 * M_PI, inv);
     at::Tensor llama = at::where(wavelen > low_wavelen, inv / r.factor, inv);
-    at::Tensor smooth = (rdiv(old_len, wavelen) - r.low_freq_factor) /
-                        (r.high_freq_factor - r.low_freq_factor);
+    at::Tensor smooth =
+        (rdiv(old_len, wavelen) - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
     at::Tensor smoothed = (1 - smooth) * llama / r.factor + smooth * llama;
-    at::Tensor medium = at::logical_not(wavelen < high_wavelen) *
-                        at::logical_not(wavelen > low_wavelen);
+    at::Tensor medium =
+        at::logical_not(wavelen < high_wavelen) * at::logical_not(wavelen > low_wavelen);
     return {at::where(medium, smoothed, llama), 1.0};
   }
   fail("rope type '{}' is not supported", r.type);

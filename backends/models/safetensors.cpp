@@ -53,7 +53,8 @@ at::Tensor SafetensorsFile::load_rows(const std::string& name, int64_t row_begin
   std::vector<int64_t> shape = t->shape;
   shape[0] = row_end - row_begin;
   at::Tensor out = at::empty(shape, at::TensorOptions().dtype(to_scalar_type(t->dtype)));
-  const uint64_t row_bytes = t->shape[0] == 0 ? 0 : t->nbytes() / static_cast<uint64_t>(t->shape[0]);
+  const uint64_t row_bytes =
+      t->shape[0] == 0 ? 0 : t->nbytes() / static_cast<uint64_t>(t->shape[0]);
   const uint64_t n = row_bytes * static_cast<uint64_t>(row_end - row_begin);
   if (n > 0) {
     std::memcpy(out.data_ptr(),

@@ -23,11 +23,21 @@ struct DTypeEntry {
 };
 
 constexpr std::array<DTypeEntry, 15> kDTypes = {{
-    {DType::BOOL, "BOOL", 1}, {DType::U8, "U8", 1},   {DType::I8, "I8", 1},
-    {DType::F8_E5M2, "F8_E5M2", 1}, {DType::F8_E4M3, "F8_E4M3", 1}, {DType::I16, "I16", 2},
-    {DType::U16, "U16", 2},   {DType::F16, "F16", 2}, {DType::BF16, "BF16", 2},
-    {DType::I32, "I32", 4},   {DType::U32, "U32", 4}, {DType::F32, "F32", 4},
-    {DType::F64, "F64", 8},   {DType::I64, "I64", 8}, {DType::U64, "U64", 8},
+    {DType::BOOL, "BOOL", 1},
+    {DType::U8, "U8", 1},
+    {DType::I8, "I8", 1},
+    {DType::F8_E5M2, "F8_E5M2", 1},
+    {DType::F8_E4M3, "F8_E4M3", 1},
+    {DType::I16, "I16", 2},
+    {DType::U16, "U16", 2},
+    {DType::F16, "F16", 2},
+    {DType::BF16, "BF16", 2},
+    {DType::I32, "I32", 4},
+    {DType::U32, "U32", 4},
+    {DType::F32, "F32", 4},
+    {DType::F64, "F64", 8},
+    {DType::I64, "I64", 8},
+    {DType::U64, "U64", 8},
 }};
 
 const DTypeEntry& entry(DType d) {
@@ -75,7 +85,8 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size,
   if (n > kMaxSafetensorsHeaderBytes) {
     fail("{}: header length {} exceeds the 100 MB limit", file, n);
   }
-  if (n > size - 8) fail("{}: header length {} runs past the end of the file ({} bytes)", file, n, size);
+  if (n > size - 8)
+    fail("{}: header length {} runs past the end of the file ({} bytes)", file, n, size);
   SafetensorsHeader h;
   h.data_offset = 8 + n;
   const uint64_t data_size = size - h.data_offset;
@@ -98,8 +109,10 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size,
     }
     const std::string where = file + ": tensor '" + key + "'";
     if (!value.is_object()) fail("{} must be an object", where);
-    if (!value.contains("dtype") || !value["dtype"].is_string()) fail("{}: missing string 'dtype'", where);
-    if (!value.contains("shape") || !value["shape"].is_array()) fail("{}: missing list 'shape'", where);
+    if (!value.contains("dtype") || !value["dtype"].is_string())
+      fail("{}: missing string 'dtype'", where);
+    if (!value.contains("shape") || !value["shape"].is_array())
+      fail("{}: missing list 'shape'", where);
     if (!value.contains("data_offsets") || !value["data_offsets"].is_array() ||
         value["data_offsets"].size() != 2) {
       fail("{}: 'data_offsets' must be [begin, end]", where);
@@ -151,8 +164,8 @@ std::string build_safetensors_header(const std::vector<TensorInfo>& tensors,
   nlohmann::ordered_json j = nlohmann::ordered_json::object();
   if (!metadata.empty()) j["__metadata__"] = metadata;
   for (const auto& t : tensors) {
-    j[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape},
-                 {"data_offsets", {t.begin, t.end}}};
+    j[t.name] = {
+        {"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {t.begin, t.end}}};
   }
   std::string body = j.dump();
   while (body.size() % 8 != 0) body.push_back(' ');

@@ -15,7 +15,23 @@
 
 namespace anvil::models {
 
-enum class DType { BOOL, U8, I8, F8_E5M2, F8_E4M3, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64 };
+enum class DType {
+  BOOL,
+  U8,
+  I8,
+  F8_E5M2,
+  F8_E4M3,
+  I16,
+  U16,
+  F16,
+  BF16,
+  I32,
+  U32,
+  F32,
+  F64,
+  I64,
+  U64
+};
 
 // "F32" -> DType::F32 etc.; unknown names throw anvil::Error naming `context`.
 DType dtype_from_string(std::string_view name, const std::string& context);

@@ -73,8 +73,7 @@ std::vector<at::Tensor> load_parameters(const std::filesystem::path& dir,
       log::get("models")->debug("{}: ignoring tensor '{}'", dir.string(), name);
       continue;
     }
-    fail("{}: unexpected tensor '{}' (not part of this {} config)", dir.string(), name,
-         "model");
+    fail("{}: unexpected tensor '{}' (not part of this {} config)", dir.string(), name, "model");
   }
   return params;
 }

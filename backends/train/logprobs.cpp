@@ -9,8 +9,8 @@ namespace anvil::train {
 LogProbResult token_logprobs(const at::Tensor& hidden, const at::Tensor& lm_head,
                              const at::Tensor& targets, const LogProbOptions& options) {
   if (hidden.dim() != 2 || lm_head.dim() != 2 || hidden.size(1) != lm_head.size(1)) {
-    fail("token_logprobs: hidden [{}] and lm_head [{}] do not match", fmt::join(hidden.sizes(), ", "),
-         fmt::join(lm_head.sizes(), ", "));
+    fail("token_logprobs: hidden [{}] and lm_head [{}] do not match",
+         fmt::join(hidden.sizes(), ", "), fmt::join(lm_head.sizes(), ", "));
   }
   if (targets.dim() != 1 || targets.size(0) != hidden.size(0)) {
     fail("token_logprobs: {} targets for {} hidden rows", targets.numel(), hidden.size(0));
@@ -23,7 +23,8 @@ LogProbResult token_logprobs(const at::Tensor& hidden, const at::Tensor& lm_head
   if (T > 0) {
     int64_t lo = targets.min().item<int64_t>();
     int64_t hi = targets.max().item<int64_t>();
-    if (lo < 0 || hi >= V) fail("token_logprobs: target id {} outside [0, {})", lo < 0 ? lo : hi, V);
+    if (lo < 0 || hi >= V)
+      fail("token_logprobs: target id {} outside [0, {})", lo < 0 ? lo : hi, V);
   }
   const int64_t chunk = std::max<int64_t>(1, options.chunk_tokens);
   std::vector<at::Tensor> lps, ents;

@@ -12,7 +12,7 @@
 namespace anvil::train {
 
 struct LogProbOptions {
-  double temperature = 1.0;    // must be > 0
+  double temperature = 1.0;     // must be > 0
   int64_t chunk_tokens = 1024;  // rows of logits materialised at once
   bool with_entropy = false;
 };

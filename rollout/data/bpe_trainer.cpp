@@ -89,10 +89,17 @@ json train_byte_level_bpe(const std::vector<std::string>& corpus, const BpeTrain
   json added = json::array();
   int id = static_cast<int>(tokens.size());
   for (const std::string& s : o.special_tokens) {
-    added.push_back({{"id", id++}, {"content", s}, {"single_word", false}, {"lstrip", false},
-                     {"rstrip", false}, {"normalized", false}, {"special", true}});
+    added.push_back({{"id", id++},
+                     {"content", s},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
+                     {"special", true}});
   }
-  json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false},
+  json byte_level = {{"type", "ByteLevel"},
+                     {"add_prefix_space", false},
+                     {"trim_offsets", false},
                      {"use_regex", false}};
   return {
       {"version", "1.0"},
@@ -148,8 +155,8 @@ std::vector<std::string> builtin_corpus() {
   // Arithmetic lines the demo task uses, so digits and operators get frequent merges.
   for (int a = 0; a < 40; ++a) {
     int x = (a * 37 + 11) % 100, y = (a * 53 + 7) % 100;
-    lines.push_back("What is " + std::to_string(x) + " + " + std::to_string(y) + "? Answer: " +
-                    std::to_string(x + y));
+    lines.push_back("What is " + std::to_string(x) + " + " + std::to_string(y) +
+                    "? Answer: " + std::to_string(x + y));
   }
   return lines;
 }

@@ -45,8 +45,8 @@ class Regex {
     pcre2_match_data* md = pcre2_match_data_create_from_pattern(code_, nullptr);
     size_t pos = 0, gap = 0;
     while (pos <= text.size()) {
-      int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), pos,
-                           0, md, nullptr);
+      int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), pos, 0,
+                           md, nullptr);
       if (rc < 0) break;
       PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
       size_t s = ov[0], e = ov[1];
@@ -79,8 +79,8 @@ bool valid_utf8(std::string_view s) {
       if ((d & 0xC0) != 0x80) return false;
       cp = (cp << 6) | (d & 0x3F);
     }
-    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-        (cp >= 0xD800 && cp <= 0xDFFF)) {
+    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) ||
+        (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) || (cp >= 0xD800 && cp <= 0xDFFF)) {
       return false;
     }
     i += n;
@@ -99,7 +99,10 @@ std::string utf8_lossy(std::string_view s) {
       ++i;
       continue;
     }
-    size_t n = (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+    size_t n = (c >= 0xC2 && c <= 0xDF)   ? 2
+               : (c >= 0xE0 && c <= 0xEF) ? 3
+               : (c >= 0xF0 && c <= 0xF4) ? 4
+                                          : 0;
     if (n == 0) {
       out += "\xEF\xBF\xBD";
       ++i;
@@ -128,7 +131,9 @@ std::string utf8_lossy(std::string_view s) {
 }
 
 bool is_word_char(unsigned char c) { return std::isalnum(c) || c == '_' || c >= 0x80; }
-bool is_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+bool is_space(unsigned char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 
 struct AddedToken {
   int32_t id;
@@ -138,7 +143,8 @@ struct AddedToken {
 
 struct PairHash {
   size_t operator()(const std::pair<int32_t, int32_t>& p) const {
-    return std::hash<int64_t>()((static_cast<int64_t>(p.first) << 32) ^ static_cast<uint32_t>(p.second));
+    return std::hash<int64_t>()((static_cast<int64_t>(p.first) << 32) ^
+                                static_cast<uint32_t>(p.second));
   }
 };
 
@@ -191,8 +197,8 @@ void Tokenizer::Impl::bpe(const std::string& word, std::vector<int32_t>& out) co
     n = std::min(n, word.size() - i);
     auto it = vocab.find(word.substr(i, n));
     if (it == vocab.end()) {
-      fail("{}: character '{}' of the byte-level alphabet is missing from the vocabulary",
-           source, word.substr(i, n));
+      fail("{}: character '{}' of the byte-level alphabet is missing from the vocabulary", source,
+           word.substr(i, n));
     }
     symbols.push_back(it->second);
     i += n;
@@ -242,8 +248,7 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
 Tokenizer Tokenizer::from_file(const std::filesystem::path& path) {
-  std::filesystem::path file =
-      std::filesystem::is_directory(path) ? path / "tokenizer.json" : path;
+  std::filesystem::path file = std::filesystem::is_directory(path) ? path / "tokenizer.json" : path;
   if (!std::filesystem::exists(file)) fail("{}: no such file", file.string());
   return from_json(read_json_file(file), file.string());
 }
@@ -311,7 +316,8 @@ Tokenizer Tokenizer::from_json(const json& j, const std::string& source) {
   }
   if (model.value("byte_fallback", false)) fail("{}: model.byte_fallback is not supported", source);
   impl->ignore_merges = model.value("ignore_merges", false);
-  if (!model.contains("vocab") || !model["vocab"].is_object()) fail("{}: model.vocab missing", source);
+  if (!model.contains("vocab") || !model["vocab"].is_object())
+    fail("{}: model.vocab missing", source);
   int32_t max_id = -1;
   for (const auto& [tok, id] : model["vocab"].items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX / 2) {
@@ -326,8 +332,9 @@ Tokenizer Tokenizer::from_json(const json& j, const std::string& source) {
         !t["id"].is_number_integer()) {
       fail("{}: added_tokens entries need integer 'id' and string 'content'", source);
     }
-    AddedToken a{t["id"].get<int32_t>(), t["content"].get<std::string>(), t.value("lstrip", false),
-                 t.value("rstrip", false), t.value("single_word", false), t.value("special", false)};
+    AddedToken a{t["id"].get<int32_t>(),        t["content"].get<std::string>(),
+                 t.value("lstrip", false),      t.value("rstrip", false),
+                 t.value("single_word", false), t.value("special", false)};
     if (a.content.empty()) fail("{}: added token {} has empty content", source, a.id);
     max_id = std::max(max_id, a.id);
     added.push_back(a);
@@ -344,8 +351,9 @@ Tokenizer Tokenizer::from_json(const json& j, const std::string& source) {
   }
   impl->added = added;
   // Longest first, so the first match at a position is the longest.
-  std::stable_sort(impl->added.begin(), impl->added.end(),
-                   [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
+  std::stable_sort(
+      impl->added.begin(), impl->added.end(),
+      [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
 
   int32_t rank = 0;
   for (const json& m : model.value("merges", json::array())) {
@@ -432,8 +440,9 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
     for (const AddedToken& a : m.added) {
       if (text.compare(pos, a.content.size(), a.content) != 0) continue;
       size_t s = pos, e = pos + a.content.size();
-      if (a.single_word && ((s > 0 && is_word_char(static_cast<unsigned char>(text[s - 1]))) ||
-                            (e < text.size() && is_word_char(static_cast<unsigned char>(text[e]))))) {
+      if (a.single_word &&
+          ((s > 0 && is_word_char(static_cast<unsigned char>(text[s - 1]))) ||
+           (e < text.size() && is_word_char(static_cast<unsigned char>(text[e]))))) {
         continue;
       }
       if (a.lstrip) {

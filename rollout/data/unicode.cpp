@@ -9,9 +9,10 @@ namespace anvil::data {
 
 std::string nfc(std::string_view text) {
   utf8proc_uint8_t* out = nullptr;
-  utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
-                                    static_cast<utf8proc_ssize_t>(text.size()), &out,
-                                    static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+  utf8proc_ssize_t n =
+      utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
+                   static_cast<utf8proc_ssize_t>(text.size()), &out,
+                   static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
   if (n < 0) return std::string(text);
   std::string result(reinterpret_cast<char*>(out), static_cast<size_t>(n));
   std::free(out);
@@ -71,8 +72,9 @@ std::string byte_level_decode(std::string_view text) {
   size_t i = 0;
   while (i < text.size()) {
     utf8proc_int32_t cp = 0;
-    utf8proc_ssize_t n = utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(text.data() + i),
-                                          static_cast<utf8proc_ssize_t>(text.size() - i), &cp);
+    utf8proc_ssize_t n =
+        utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(text.data() + i),
+                         static_cast<utf8proc_ssize_t>(text.size() - i), &cp);
     if (n <= 0) {  // invalid UTF-8: keep the byte
       out.push_back(text[i++]);
       continue;

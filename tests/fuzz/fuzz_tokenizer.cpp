@@ -34,7 +34,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (size_t i = 0; i < text.size();) {
       unsigned char c = static_cast<unsigned char>(text[i]);
       size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-      if (n == 0 || i + n > text.size()) { valid = false; break; }
+      if (n == 0 || i + n > text.size()) {
+        valid = false;
+        break;
+      }
       i += n;
     }
     if (valid && back.find("\xEF\xBF\xBD") == std::string::npos) std::abort();

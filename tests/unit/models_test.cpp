@@ -30,16 +30,23 @@ std::string error_of(Fn&& fn) {
 }
 
 fs::path temp_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / ("anvil_models_test_" + name + "_" + std::to_string(::getpid()));
+  fs::path d =
+      fs::temp_directory_path() / ("anvil_models_test_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(d);
   fs::create_directories(d);
   return d;
 }
 
 json tiny_config() {
-  return {{"architectures", {"Qwen3ForCausalLM"}}, {"vocab_size", 50}, {"hidden_size", 16},
-          {"intermediate_size", 24}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
-          {"num_key_value_heads", 2}, {"head_dim", 8}, {"max_position_embeddings", 64},
+  return {{"architectures", {"Qwen3ForCausalLM"}},
+          {"vocab_size", 50},
+          {"hidden_size", 16},
+          {"intermediate_size", 24},
+          {"num_hidden_layers", 2},
+          {"num_attention_heads", 4},
+          {"num_key_value_heads", 2},
+          {"head_dim", 8},
+          {"max_position_embeddings", 64},
           {"tie_word_embeddings", true}};
 }
 
@@ -170,12 +177,16 @@ TEST(Safetensors, HeaderValidationNamesFileAndTensor) {
       {big, "100 MB"},
       {with_header("{\"a\": {", 0), "not valid JSON"},
       {with_header("[1, 2]", 0), "JSON object"},
-      {with_header(R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})", 4), "past the data"},
+      {with_header(R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})", 4),
+       "past the data"},
       {with_header(R"({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})", 8), "'w'"},
       {with_header(R"({"w": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}})", 8), "Q4"},
-      {with_header(R"({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})", 8), "non-negative"},
+      {with_header(R"({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})", 8),
+       "non-negative"},
       {with_header(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                       "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})", 12), "overlap"},
+                       "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
+                   12),
+       "overlap"},
       {with_header(R"({"__metadata__": {"k": 1}})", 0), "__metadata__"},
       {with_header(R"({"w": {"dtype": "F32", "shape": [2]}})", 8), "data_offsets"},
   };
@@ -231,7 +242,8 @@ TEST_F(DecoderTest, EqualLengthBatchedPathEqualsOneAtATime) {
   at::Tensor packed = model_->forward(PackedBatch::pack(seqs, at::kCPU));
   for (size_t i = 0; i < seqs.size(); ++i) {
     at::Tensor alone = model_->forward(PackedBatch::pack({seqs[i]}, at::kCPU));
-    EXPECT_LT((alone - packed.narrow(0, 4 * static_cast<int64_t>(i), 4)).abs().max().item<float>(), 1e-5);
+    EXPECT_LT((alone - packed.narrow(0, 4 * static_cast<int64_t>(i), 4)).abs().max().item<float>(),
+              1e-5);
   }
 }
 

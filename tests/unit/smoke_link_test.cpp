@@ -43,9 +43,7 @@ TEST(SmokeLink, GrpcAndProtobufRoundTrip) {
   EXPECT_THROW(anvil::runtime::check_health(target, "wrong", 1, 5000), std::exception);
 }
 
-TEST(SmokeLink, CafActorReplies) {
-  EXPECT_EQ(anvil::runtime::caf_echo_roundtrip("hi"), "echo:hi");
-}
+TEST(SmokeLink, CafActorReplies) { EXPECT_EQ(anvil::runtime::caf_echo_roundtrip("hi"), "echo:hi"); }
 
 TEST(SmokeLink, SpdlogFormats) {
   std::ostringstream sink_stream;
@@ -71,8 +69,8 @@ TEST(SmokeLink, NoExportedSymbolClashWithDebianLibraries) {
         return "<(nm -D --defined-only '" + so +
                "' | awk '{print $3}' | grep '^_Z' | grep -vE '^_Z(N|NK|Z|ZN|ZNK)?S' | sort -u)";
       };
-      std::string out = exec("bash -c \"comm -12 " + symbols(torch_lib) + " " + symbols(debian) +
-                             "\" 2>&1");
+      std::string out =
+          exec("bash -c \"comm -12 " + symbols(torch_lib) + " " + symbols(debian) + "\" 2>&1");
       EXPECT_EQ(out, "") << torch_lib << " and " << debian << " both export:\n" << out;
       ++pairs;
     }
