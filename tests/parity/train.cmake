@@ -1,0 +1,1 @@
+anvil_parity_test(parity_rl_math test_rl_math_parity.py)

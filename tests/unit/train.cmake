@@ -1,0 +1,4 @@
+add_executable(rl_math_tool rl_math_tool.cpp)
+target_link_libraries(rl_math_tool PRIVATE anvil_train nlohmann_json::nlohmann_json)
+set_target_properties(rl_math_tool PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+anvil_use_torch_pch(rl_math_tool)
