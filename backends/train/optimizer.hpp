@@ -1,0 +1,58 @@
+// AdamW with fp32 master weights, global grad-norm clipping, and Megatron's learning-rate
+// schedule (the one slime uses), for parameters of any floating dtype.
+//
+// As Megatron's default parameter groups: weight decay applies to tensors of two or more
+// dimensions only (not to biases or norm weights). When a parameter is not fp32 the
+// optimizer keeps an fp32 master copy, steps it, and writes it back rounded.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace anvil::train {
+
+struct OptimizerOptions {
+  double lr = 1e-6;                         // --lr (peak)
+  double min_lr = 0.0;                      // --min-lr
+  std::string lr_decay_style = "constant";  // --lr-decay-style constant | linear | cosine
+  int64_t lr_warmup_iters = 0;              // --lr-warmup-iters (warmup starts from 0)
+  int64_t lr_decay_iters = 0;               // steps over which linear/cosine decay to min_lr
+  double weight_decay = 0.0;                // --weight-decay
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double adam_eps = 1e-8;
+  double clip_grad = 1.0;  // --clip-grad; <= 0 disables clipping
+};
+
+// Megatron's OptimizerParamScheduler.get_lr for `num_steps` completed optimizer steps.
+// Throws anvil::Error for an unknown decay style or a decay without --lr-decay-iters.
+double scheduled_lr(const OptimizerOptions& options, int64_t num_steps);
+
+struct StepStats {
+  double grad_norm;  // global L2 norm of the gradients before clipping
+  double lr;         // learning rate used for this step
+};
+
+class AdamW {
+ public:
+  // `params` are leaf tensors with requires_grad; the optimizer keeps handles to them.
+  AdamW(std::vector<at::Tensor> params, OptimizerOptions options);
+
+  // Clips gradients to clip_grad (global norm), applies one AdamW update, and advances the
+  // schedule. Parameters without a gradient are skipped. Not thread-safe.
+  StepStats step();
+  void zero_grad();
+  int64_t steps() const { return steps_; }
+
+ private:
+  std::vector<at::Tensor> params_;
+  std::vector<at::Tensor> master_;  // fp32 copies (aliases of params_ when fp32)
+  std::vector<at::Tensor> exp_avg_, exp_avg_sq_;
+  OptimizerOptions options_;
+  int64_t steps_ = 0;
+};
+
+}  // namespace anvil::train
