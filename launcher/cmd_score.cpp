@@ -85,29 +85,19 @@ void run_score(const ScoreArgs& a) {
     if (batch.empty()) continue;
     auto packed = models::PackedBatch::pack(batch, device);
     at::Tensor hidden = model->forward_hidden(packed);  // [T, H]
-    // Row t predicts token t+1 within its sequence: drop each sequence's last row and
-    // take targets shifted by one.
-    std::vector<int64_t> rows, targets;
-    int64_t offset = 0;
-    for (const auto& s : batch) {
-      for (size_t i = 0; i + 1 < s.size(); ++i) {
-        rows.push_back(offset + static_cast<int64_t>(i));
-        targets.push_back(s[i + 1]);
-      }
-      offset += static_cast<int64_t>(s.size());
-    }
+    // Row t predicts token t+1 within its sequence.
+    train::NextTokenIndex next = train::next_token_index(batch);
     at::Tensor lp;
-    if (!rows.empty()) {
-      at::Tensor sel = hidden.index_select(0, at::tensor(rows, at::kLong).to(device));
+    if (next.rows.numel() > 0) {
+      at::Tensor sel = hidden.index_select(0, next.rows.to(device));
       train::LogProbOptions o;
       o.temperature = a.temperature;
-      lp = train::token_logprobs(sel, model->lm_head_weight(),
-                                 at::tensor(targets, at::kLong).to(device), o)
+      lp = train::token_logprobs(sel, model->lm_head_weight(), next.targets.to(device), o)
                .logprobs.to(at::kCPU, at::kDouble);
     }
     at::Tensor all_logits;  // [T, V] fp32 on CPU, only with --with-logits
     if (a.with_logits) all_logits = model->logits(hidden).to(at::kCPU, at::kFloat);
-    const double* data = rows.empty() ? nullptr : lp.data_ptr<double>();
+    const double* data = next.rows.numel() == 0 ? nullptr : lp.data_ptr<double>();
     int64_t k = 0;
     for (size_t b = 0; b < batch.size(); ++b) {
       nlohmann::json out = nlohmann::json::array({nullptr});

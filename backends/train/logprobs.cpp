@@ -47,4 +47,17 @@ LogProbResult token_logprobs(const at::Tensor& hidden, const at::Tensor& lm_head
   return r;
 }
 
+NextTokenIndex next_token_index(const std::vector<std::vector<int64_t>>& sequences) {
+  std::vector<int64_t> rows, targets;
+  int64_t offset = 0;
+  for (const auto& s : sequences) {
+    for (size_t i = 0; i + 1 < s.size(); ++i) {
+      rows.push_back(offset + static_cast<int64_t>(i));
+      targets.push_back(s[i + 1]);
+    }
+    offset += static_cast<int64_t>(s.size());
+  }
+  return {at::tensor(rows, at::kLong), at::tensor(targets, at::kLong)};
+}
+
 }  // namespace anvil::train

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace anvil::train {
 
@@ -27,5 +28,14 @@ struct LogProbResult {
 // non-positive temperature, or a target outside [0, V).
 LogProbResult token_logprobs(const at::Tensor& hidden, const at::Tensor& lm_head,
                              const at::Tensor& targets, const LogProbOptions& options);
+
+// For sequences packed in order into one row: the rows whose hidden state predicts a next
+// token (every position but each sequence's last) and those next tokens, both [T - S]
+// int64 on the CPU.
+struct NextTokenIndex {
+  at::Tensor rows;
+  at::Tensor targets;
+};
+NextTokenIndex next_token_index(const std::vector<std::vector<int64_t>>& sequences);
 
 }  // namespace anvil::train

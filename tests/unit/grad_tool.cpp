@@ -27,19 +27,11 @@ int main(int argc, char** argv) {
   while (std::getline(in, line)) seqs.push_back(nlohmann::json::parse(line)["tokens"]);
   auto batch = anvil::models::PackedBatch::pack(seqs, at::kCPU);
   at::Tensor hidden = model->forward_hidden(batch);
-  std::vector<int64_t> rows, targets;
-  int64_t offset = 0;
-  for (const auto& s : seqs) {
-    for (size_t i = 0; i + 1 < s.size(); ++i) {
-      rows.push_back(offset + static_cast<int64_t>(i));
-      targets.push_back(s[i + 1]);
-    }
-    offset += static_cast<int64_t>(s.size());
-  }
+  anvil::train::NextTokenIndex next = anvil::train::next_token_index(seqs);
   anvil::train::LogProbOptions o;
   o.chunk_tokens = 7;  // several chunks: the chunked path must be differentiable
-  at::Tensor lp = anvil::train::token_logprobs(hidden.index_select(0, at::tensor(rows)),
-                                               model->lm_head_weight(), at::tensor(targets), o)
+  at::Tensor lp = anvil::train::token_logprobs(hidden.index_select(0, next.rows),
+                                               model->lm_head_weight(), next.targets, o)
                       .logprobs;
   auto grads = torch::autograd::grad({lp.sum()}, model->parameters());
   anvil::models::CheckpointWriter w(std::filesystem::path(argv[3]).parent_path());

@@ -111,23 +111,15 @@ TEST(Sft, TinyModelMemorisesSmallDataset) {
                                             {12, 33, 12, 12, 4, 19, 20, 21, 2},
                                             {14, 3, 3, 3, 39, 2}};
   PackedBatch batch = PackedBatch::pack(data, at::kCPU);
-  std::vector<int64_t> rows, targets;
-  int64_t offset = 0;
-  for (const auto& s : data) {
-    for (size_t i = 0; i + 1 < s.size(); ++i) {
-      rows.push_back(offset + static_cast<int64_t>(i));
-      targets.push_back(s[i + 1]);
-    }
-    offset += static_cast<int64_t>(s.size());
-  }
+  NextTokenIndex next = next_token_index(data);
   OptimizerOptions o;
   o.lr = 1e-2;
   AdamW opt(model.parameters(), o);
   double loss_value = 1e9;
   for (int step = 0; step < 300 && loss_value >= 0.05; ++step) {
-    at::Tensor hidden = model.forward_hidden(batch).index_select(0, at::tensor(rows));
+    at::Tensor hidden = model.forward_hidden(batch).index_select(0, next.rows);
     at::Tensor nll =
-        -token_logprobs(hidden, model.lm_head_weight(), at::tensor(targets), {}).logprobs.mean();
+        -token_logprobs(hidden, model.lm_head_weight(), next.targets, {}).logprobs.mean();
     loss_value = nll.item<double>();
     nll.backward();
     opt.step();
