@@ -1,0 +1,1 @@
+anvil_parity_test(parity_chat_template test_chat_template_parity.py)
