@@ -169,6 +169,42 @@ void write_all(int fd, const void* data, size_t n, const fs::path& path) {
   }
 }
 
+// Creates `path` and writes the given pieces to it, fsync'd. Throws anvil::Error naming it.
+template <typename WriteBody>
+void write_file_synced(const fs::path& path, WriteBody&& body) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail("{}: cannot create: {}", path.string(), std::strerror(errno));
+  try {
+    body(fd);
+    if (::fsync(fd) != 0) fail("{}: fsync failed: {}", path.string(), std::strerror(errno));
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  if (::close(fd) != 0) fail("{}: close failed: {}", path.string(), std::strerror(errno));
+}
+
+// Makes renames inside `dir` durable.
+void sync_directory(const fs::path& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) fail("{}: cannot open directory: {}", dir.string(), std::strerror(errno));
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) fail("{}: fsync of directory failed: {}", dir.string(), std::strerror(err));
+}
+
+std::string shard_file_name(size_t k, size_t count) {
+  if (count == 1) return "model.safetensors";
+  return fmt::format("model-{:05d}-of-{:05d}.safetensors", k + 1, count);
+}
+
+// The names an HF save may leave in a directory; stale ones are removed after a save.
+bool is_checkpoint_file_name(const std::string& name) {
+  static const std::regex kOurs(R"(model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?)");
+  return std::regex_match(name, kOurs);
+}
+
 }  // namespace
 
 CheckpointWriter::CheckpointWriter(fs::path dir, uint64_t max_shard_bytes,
@@ -177,23 +213,58 @@ CheckpointWriter::CheckpointWriter(fs::path dir, uint64_t max_shard_bytes,
   if (max_shard_bytes_ == 0) fail("{}: max shard size must be positive", dir_.string());
 }
 
-CheckpointWriter::~CheckpointWriter() {
+CheckpointWriter::~CheckpointWriter() { remove_temporaries(); }
+
+void CheckpointWriter::remove_temporaries() noexcept {
   std::error_code ignored;
   for (const auto& t : temporaries_) fs::remove(t, ignored);
+  for (const auto& p : published_) fs::remove(p, ignored);
+  temporaries_.clear();
+  published_.clear();
 }
 
 void CheckpointWriter::add(const std::string& name, const at::Tensor& tensor) {
   if (finished_) fail("{}: add('{}') after finish()", dir_.string(), name);
-  for (const auto& [existing, _] : tensors_) {
-    if (existing == name) fail("{}: tensor '{}' added twice", dir_.string(), name);
+  if (name.empty() || name == "__metadata__") {
+    fail("{}: '{}' is not a valid tensor name", dir_.string(), name);
   }
-  from_scalar_type(tensor.scalar_type());  // rejects unstorable types early
-  tensors_.emplace_back(name, tensor.detach().to(at::kCPU).contiguous().clone());
+  if (names_.count(name) != 0) fail("{}: tensor '{}' added twice", dir_.string(), name);
+  if (!tensor.defined()) fail("{}: tensor '{}' is undefined", dir_.string(), name);
+  if (tensor.layout() != at::kStrided) {
+    fail("{}: tensor '{}' is not a dense strided tensor", dir_.string(), name);
+  }
+  try {
+    from_scalar_type(tensor.scalar_type());  // rejects unstorable types early
+  } catch (const Error& e) {
+    fail("{}: tensor '{}': {}", dir_.string(), name, e.what());
+  }
+  // copy=true: always an owned snapshot, even of a contiguous CPU tensor.
+  at::Tensor copy = tensor.detach().to(tensor.options().device(at::kCPU), /*non_blocking=*/false,
+                                       /*copy=*/true, at::MemoryFormat::Contiguous);
+  names_.insert(name);
+  tensors_.emplace_back(name, std::move(copy));
 }
 
 void CheckpointWriter::finish() {
   if (finished_) return;
-  fs::create_directories(dir_);
+  try {
+    write_all_files();
+  } catch (const fs::filesystem_error& e) {
+    remove_temporaries();
+    fail("{}: {}", dir_.string(), e.what());
+  } catch (...) {
+    remove_temporaries();
+    throw;
+  }
+  finished_ = true;
+  tensors_.clear();
+}
+
+void CheckpointWriter::write_all_files() {
+  std::error_code ec;
+  fs::create_directories(dir_, ec);
+  if (ec) fail("{}: cannot create directory: {}", dir_.string(), ec.message());
+
   // Greedy sharding in insertion order, as transformers does.
   std::vector<std::vector<size_t>> shards(1);
   uint64_t current = 0, total = 0;
@@ -208,12 +279,17 @@ void CheckpointWriter::finish() {
     total += n;
   }
   const size_t count = shards.size();
-  auto shard_name = [count](size_t k) {
-    if (count == 1) return std::string("model.safetensors");
-    return fmt::format("model-{:05d}-of-{:05d}.safetensors", k + 1, count);
-  };
-  const std::string suffix = ".tmp." + std::to_string(::getpid());
+  const std::string suffix = fmt::format(".tmp.{}", ::getpid());
+
+  // 1. Every file under a temporary name, fsync'd; nothing visible changes yet.
   std::vector<std::pair<fs::path, fs::path>> renames;  // temporary -> final
+  auto temporary_for = [&](const fs::path& final_path) {
+    fs::path tmp = final_path;
+    tmp += suffix;
+    temporaries_.push_back(tmp);  // registered first: a failed create is still cleaned up
+    renames.emplace_back(tmp, final_path);
+    return tmp;
+  };
   nlohmann::json weight_map = nlohmann::json::object();
   for (size_t k = 0; k < count; ++k) {
     std::vector<TensorInfo> infos;
@@ -227,51 +303,59 @@ void CheckpointWriter::finish() {
       info.begin = offset;
       info.end = offset + t.nbytes();
       offset = info.end;
-      infos.push_back(info);
-      weight_map[name] = shard_name(k);
+      infos.push_back(std::move(info));
+      weight_map[name] = shard_file_name(k, count);
     }
-    fs::path final_path = dir_ / shard_name(k);
-    fs::path tmp = final_path;
-    tmp += suffix;
-    temporaries_.push_back(tmp);
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) fail("{}: cannot create: {}", tmp.string(), std::strerror(errno));
-    try {
-      std::string header = build_safetensors_header(infos, metadata_);
+    const fs::path tmp = temporary_for(dir_ / shard_file_name(k, count));
+    write_file_synced(tmp, [&](int fd) {
+      const std::string header = build_safetensors_header(infos, metadata_);
       write_all(fd, header.data(), header.size(), tmp);
       for (size_t i : shards[k]) {
         const at::Tensor& t = tensors_[i].second;
         if (t.nbytes() > 0) write_all(fd, t.data_ptr(), t.nbytes(), tmp);
       }
-      if (::fsync(fd) != 0) fail("{}: fsync failed: {}", tmp.string(), std::strerror(errno));
-    } catch (...) {
-      ::close(fd);
-      throw;
-    }
-    if (::close(fd) != 0) fail("{}: close failed: {}", tmp.string(), std::strerror(errno));
-    renames.emplace_back(tmp, final_path);
+    });
   }
-  // Everything is on disk: move shards into place, then the index, then drop stale files
-  // of an earlier save with another shard count.
+  if (count > 1) {
+    const fs::path tmp = temporary_for(dir_ / "model.safetensors.index.json");
+    const nlohmann::json index = {{"metadata", {{"total_size", total}}},
+                                  {"weight_map", weight_map}};
+    const std::string text = index.dump(2) + "\n";
+    write_file_synced(tmp, [&](int fd) { write_all(fd, text.data(), text.size(), tmp); });
+  }
+
+  // 2. Refuse before renaming anything if a final name is taken by a non-file.
+  for (const auto& [tmp, final_path] : renames) {
+    if (fs::exists(final_path) && !fs::is_regular_file(final_path)) {
+      fail("{}: exists and is not a regular file", final_path.string());
+    }
+  }
+
+  // 3. Shards first, the index last, so a reader never sees an index whose shards are
+  // missing.
   std::set<std::string> keep;
-  for (auto& [tmp, final_path] : renames) {
-    fs::rename(tmp, final_path);
+  for (const auto& [tmp, final_path] : renames) {
+    if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
+      fail("{}: rename from {} failed: {}", final_path.string(), tmp.string(),
+           std::strerror(errno));
+    }
+    std::erase(temporaries_, tmp);
+    published_.push_back(final_path);
     keep.insert(final_path.filename().string());
   }
-  temporaries_.clear();
-  const fs::path index = dir_ / "model.safetensors.index.json";
-  if (count > 1) {
-    nlohmann::json j = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    write_json_file_atomic(index, j);
-    keep.insert(index.filename().string());
-  }
-  static const std::regex kOurs(R"(model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?)");
+  sync_directory(dir_);
+  published_.clear();  // the new checkpoint is complete; no rollback from here on
+
+  // 4. Stale files of an earlier save with another shard count (or an index when this
+  // save has one shard).
   for (const auto& entry : fs::directory_iterator(dir_)) {
-    std::string name = entry.path().filename().string();
-    if (keep.count(name) == 0 && std::regex_match(name, kOurs)) fs::remove(entry.path());
+    const std::string name = entry.path().filename().string();
+    if (keep.count(name) == 0 && is_checkpoint_file_name(name)) {
+      fs::remove(entry.path(), ec);
+      if (ec) fail("{}: cannot remove stale file: {}", entry.path().string(), ec.message());
+    }
   }
-  finished_ = true;
-  tensors_.clear();
+  sync_directory(dir_);
 }
 
 }  // namespace anvil::models

@@ -121,10 +121,13 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size,
     t.name = key;
     t.dtype = dtype_from_string(value["dtype"].get<std::string>(), where);
     uint64_t numel = 1;
+    uint64_t nonzero = 1;  // LibTorch sizes storage from this even when numel is 0
     for (const auto& d : value["shape"]) {
       if (!d.is_number_unsigned()) fail("{}: shape entries must be non-negative integers", where);
       uint64_t dim = d.get<uint64_t>();
-      if (dim > static_cast<uint64_t>(INT64_MAX) || mul_overflows(numel, dim, &numel)) {
+      if (dim > static_cast<uint64_t>(INT64_MAX) || mul_overflows(numel, dim, &numel) ||
+          mul_overflows(nonzero, std::max<uint64_t>(dim, 1), &nonzero) ||
+          nonzero > static_cast<uint64_t>(INT64_MAX)) {
         fail("{}: shape overflows", where);
       }
       t.shape.push_back(static_cast<int64_t>(dim));
@@ -145,14 +148,16 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* data, size_t size,
     }
     h.tensors.push_back(std::move(t));
   }
-  std::vector<const TensorInfo*> by_offset;
-  for (const auto& t : h.tensors) by_offset.push_back(&t);
-  std::sort(by_offset.begin(), by_offset.end(), [](const TensorInfo* a, const TensorInfo* b) {
-    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  // Data-section order (for our writer and transformers', the order tensors were saved
+  // in); adjacent entries are then the only candidates for overlap.
+  std::sort(h.tensors.begin(), h.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    if (a.begin != b.begin) return a.begin < b.begin;
+    if (a.end != b.end) return a.end < b.end;
+    return a.name < b.name;
   });
-  for (size_t i = 1; i < by_offset.size(); ++i) {
-    if (by_offset[i]->begin < by_offset[i - 1]->end) {
-      fail("{}: tensors '{}' and '{}' overlap", file, by_offset[i - 1]->name, by_offset[i]->name);
+  for (size_t i = 1; i < h.tensors.size(); ++i) {
+    if (h.tensors[i].begin < h.tensors[i - 1].end) {
+      fail("{}: tensors '{}' and '{}' overlap", file, h.tensors[i - 1].name, h.tensors[i].name);
     }
   }
   return h;
@@ -183,6 +188,10 @@ MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
     int err = errno;
     ::close(fd);
     fail("{}: cannot stat: {}", path.string(), std::strerror(err));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail("{}: not a regular file", path.string());
   }
   size_ = static_cast<size_t>(st.st_size);
   if (size_ > 0) {

@@ -49,7 +49,7 @@ struct TensorInfo {
 };
 
 struct SafetensorsHeader {
-  std::vector<TensorInfo> tensors;  // in header order
+  std::vector<TensorInfo> tensors;  // in data-section order (by begin offset, then name)
   std::map<std::string, std::string> metadata;
   uint64_t data_offset = 0;  // 8 + N
   const TensorInfo* find(std::string_view name) const;
