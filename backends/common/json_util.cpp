@@ -67,4 +67,13 @@ void write_json_file_atomic(const std::filesystem::path& path, const nlohmann::j
   write_text_file_atomic(path, value.dump(indent) + "\n");
 }
 
+void sync_directory(const std::filesystem::path& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) fail("{}: cannot open directory: {}", dir.string(), std::strerror(errno));
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) fail("{}: fsync of directory failed: {}", dir.string(), std::strerror(err));
+}
+
 }  // namespace anvil

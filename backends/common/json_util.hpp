@@ -26,4 +26,7 @@ std::string read_text_file(const std::filesystem::path& path);
 // Writes `text` to `path` atomically (temporary file + fsync + rename).
 void write_text_file_atomic(const std::filesystem::path& path, const std::string& text);
 
+// fsyncs the directory itself, making renames and creations inside it durable.
+void sync_directory(const std::filesystem::path& dir);
+
 }  // namespace anvil

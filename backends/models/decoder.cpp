@@ -3,6 +3,8 @@
 #include "backends/common/error.hpp"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
 #include <numeric>
@@ -63,6 +65,64 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, int64_t slot, c
 }
 
 void KVCache::commit(int64_t slot, int64_t n) { lengths_[slot] = length(slot) + n; }
+
+// ---------------------------------------------------------------------------------------
+// Gradient checkpointing (LibTorch has no torch.utils.checkpoint): an autograd function
+// whose forward runs a layer without recording and whose backward re-runs it with
+// recording on, then backpropagates through the recomputed graph. The layer's parameters
+// are inputs of the function so their gradients reach them.
+
+namespace {
+
+struct LayerRecompute : torch::CustomClassHolder {
+  const DecoderModel* model = nullptr;
+  int layer = 0;
+  std::shared_ptr<const DecoderModel::LayerInputs> inputs;
+};
+
+struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const at::Tensor& h, at::TensorList params,
+                                                c10::intrusive_ptr<LayerRecompute> recompute) {
+    ctx->save_for_backward({h});
+    at::Tensor out = recompute->model->layer_forward(recompute->layer, h, *recompute->inputs);
+    ctx->saved_data["recompute"] = c10::IValue::make_capsule(std::move(recompute));
+    return {out};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto recompute = c10::static_intrusive_pointer_cast<LayerRecompute>(
+        ctx->saved_data["recompute"].toCapsule());
+    std::vector<at::Tensor> params = recompute->model->layer_parameters(recompute->layer);
+    at::Tensor h = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    at::Tensor out;
+    {
+      at::AutoGradMode enable(true);
+      out = recompute->model->layer_forward(recompute->layer, h, *recompute->inputs);
+    }
+    std::vector<at::Tensor> wrt{h};
+    for (const at::Tensor& p : params) wrt.push_back(p);
+    // allow_unused: a parameter that does not require grad (frozen) gets no gradient.
+    std::vector<at::Tensor> g =
+        torch::autograd::grad({out}, wrt, {grads[0]}, /*retain_graph=*/false,
+                              /*create_graph=*/false, /*allow_unused=*/true);
+    g.push_back(at::Tensor());  // the recompute capsule
+    return g;
+  }
+};
+
+}  // namespace
+
+static at::Tensor checkpointed_layer(const DecoderModel& model, int layer, const at::Tensor& h,
+                                     std::shared_ptr<const DecoderModel::LayerInputs> inputs) {
+  auto recompute = c10::make_intrusive<LayerRecompute>();
+  recompute->model = &model;
+  recompute->layer = layer;
+  recompute->inputs = std::move(inputs);
+  std::vector<at::Tensor> params = model.layer_parameters(layer);
+  return CheckpointedLayer::apply(h, at::TensorList(params), std::move(recompute))[0];
+}
 
 // ---------------------------------------------------------------------------------------
 // DecoderModel
@@ -233,15 +293,17 @@ at::Tensor DecoderModel::forward_hidden(const PackedBatch& batch, KVCache* cache
   at::Tensor cos = cos_parts.size() == 1 ? cos_parts[0] : at::cat(cos_parts, 0);  // [T, D]
   at::Tensor sin = sin_parts.size() == 1 ? sin_parts[0] : at::cat(sin_parts, 0);  // [T, D]
 
+  auto in = std::make_shared<LayerInputs>();
+  in->batch = batch;
+  in->cos = cos;
+  in->sin = sin;
+  in->past = std::move(past);
+  in->cache = cache;
+  const bool checkpoint = checkpointing_ && cache == nullptr && at::GradMode::is_enabled();
   at::Tensor h = at::embedding(p(embed_), batch.tokens);  // [T, H]
   for (size_t l = 0; l < layers_.size(); ++l) {
-    const LayerIndex& w = layers_[l];
-    at::Tensor x = rms_norm(h, p(w.input_norm), config_.rms_norm_eps);
-    h = h + attention(static_cast<int>(l), x, batch, cos, sin, past, cache);
-    x = rms_norm(h, p(w.post_norm), config_.rms_norm_eps);
-    at::Tensor gate = at::silu(at::linear(x, p(w.gate_w), p(w.gate_b)));  // [T, I]
-    at::Tensor up = at::linear(x, p(w.up_w), p(w.up_b));                  // [T, I]
-    h = h + at::linear(gate * up, p(w.down_w), p(w.down_b));
+    h = checkpoint ? checkpointed_layer(*this, static_cast<int>(l), h, in)
+                   : layer_forward(static_cast<int>(l), h, *in);
   }
   if (cache != nullptr) {
     for (size_t s = 0; s < batch.seq_lens.size(); ++s) {
@@ -249,6 +311,28 @@ at::Tensor DecoderModel::forward_hidden(const PackedBatch& batch, KVCache* cache
     }
   }
   return rms_norm(h, p(final_norm_), config_.rms_norm_eps);
+}
+
+at::Tensor DecoderModel::layer_forward(int layer, const at::Tensor& h,
+                                       const LayerInputs& in) const {
+  const LayerIndex& w = layers_[static_cast<size_t>(layer)];
+  at::Tensor x = rms_norm(h, p(w.input_norm), config_.rms_norm_eps);
+  at::Tensor out = h + attention(layer, x, in.batch, in.cos, in.sin, in.past, in.cache);
+  x = rms_norm(out, p(w.post_norm), config_.rms_norm_eps);
+  at::Tensor gate = at::silu(at::linear(x, p(w.gate_w), p(w.gate_b)));  // [T, I]
+  at::Tensor up = at::linear(x, p(w.up_w), p(w.up_b));                  // [T, I]
+  return out + at::linear(gate * up, p(w.down_w), p(w.down_b));
+}
+
+std::vector<at::Tensor> DecoderModel::layer_parameters(int layer) const {
+  const LayerIndex& w = layers_[static_cast<size_t>(layer)];
+  std::vector<at::Tensor> out;
+  for (int index :
+       {w.input_norm, w.q_w, w.q_b, w.k_w, w.k_b, w.v_w, w.v_b, w.o_w, w.o_b, w.q_norm, w.k_norm,
+        w.post_norm, w.gate_w, w.gate_b, w.up_w, w.up_b, w.down_w, w.down_b}) {
+    if (index >= 0) out.push_back(params_[static_cast<size_t>(index)]);
+  }
+  return out;
 }
 
 at::Tensor DecoderModel::logits(const at::Tensor& hidden) const {

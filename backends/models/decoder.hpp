@@ -87,6 +87,25 @@ class DecoderModel {
   // forward_hidden + logits.
   at::Tensor forward(const PackedBatch& batch, KVCache* cache = nullptr) const;
 
+  // --gradient-checkpointing: when on and gradients are being recorded, each decoder
+  // layer keeps only its input for backward and recomputes its activations there
+  // (per-layer recomputation, as transformers' gradient_checkpointing_enable()). Results
+  // and gradients are unchanged; peak activation memory falls to about one layer's.
+  void set_gradient_checkpointing(bool on) { checkpointing_ = on; }
+  bool gradient_checkpointing() const { return checkpointing_; }
+
+  // Inputs every layer shares within one forward pass (shared with recomputation).
+  struct LayerInputs {
+    PackedBatch batch;
+    at::Tensor cos, sin;        // [T, D]
+    std::vector<int64_t> past;  // cached length per sequence
+    KVCache* cache = nullptr;
+  };
+  // One decoder layer: h [T, H] -> h [T, H].
+  at::Tensor layer_forward(int layer, const at::Tensor& h, const LayerInputs& in) const;
+  // The defined parameters of one layer, in a fixed order.
+  std::vector<at::Tensor> layer_parameters(int layer) const;
+
  private:
   struct LayerIndex {
     int input_norm, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, q_norm, k_norm, post_norm, gate_w,
@@ -106,6 +125,7 @@ class DecoderModel {
   std::unordered_map<std::string, int> index_;
   std::vector<LayerIndex> layers_;
   int embed_ = -1, final_norm_ = -1, lm_head_ = -1;
+  bool checkpointing_ = false;
 };
 
 // fp32 RMSNorm as transformers: x * rsqrt(mean(x^2) + eps) in fp32, cast back, * weight.

@@ -184,16 +184,6 @@ void write_file_synced(const fs::path& path, WriteBody&& body) {
   if (::close(fd) != 0) fail("{}: close failed: {}", path.string(), std::strerror(errno));
 }
 
-// Makes renames inside `dir` durable.
-void sync_directory(const fs::path& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) fail("{}: cannot open directory: {}", dir.string(), std::strerror(errno));
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  if (rc != 0) fail("{}: fsync of directory failed: {}", dir.string(), std::strerror(err));
-}
-
 std::string shard_file_name(size_t k, size_t count) {
   if (count == 1) return "model.safetensors";
   return fmt::format("model-{:05d}-of-{:05d}.safetensors", k + 1, count);

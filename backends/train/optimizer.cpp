@@ -43,6 +43,31 @@ AdamW::AdamW(std::vector<at::Tensor> params, OptimizerOptions options)
   }
 }
 
+void AdamW::load_state(int64_t steps, const std::vector<at::Tensor>& master,
+                       const std::vector<at::Tensor>& exp_avg,
+                       const std::vector<at::Tensor>& exp_avg_sq) {
+  if (steps < 0) fail("optimizer state: step count {} is negative", steps);
+  const size_t n = params_.size();
+  if (master.size() != n || exp_avg.size() != n || exp_avg_sq.size() != n) {
+    fail("optimizer state holds {}/{}/{} tensors for {} parameters", master.size(), exp_avg.size(),
+         exp_avg_sq.size(), n);
+  }
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < n; ++i) {
+    for (const at::Tensor* t : {&master[i], &exp_avg[i], &exp_avg_sq[i]}) {
+      if (!t->defined() || t->sizes() != params_[i].sizes())
+        fail("optimizer state: tensor {} has shape [{}], parameter has [{}]", i,
+             t->defined() ? fmt::format("{}", fmt::join(t->sizes(), ", ")) : "undefined",
+             fmt::join(params_[i].sizes(), ", "));
+    }
+    master_[i].copy_(master[i]);
+    exp_avg_[i].copy_(exp_avg[i]);
+    exp_avg_sq_[i].copy_(exp_avg_sq[i]);
+    if (!master_[i].is_same(params_[i])) params_[i].copy_(master_[i]);
+  }
+  steps_ = steps;
+}
+
 void AdamW::zero_grad() {
   for (at::Tensor& p : params_) {
     if (p.grad().defined()) p.mutable_grad() = at::Tensor();

@@ -46,6 +46,19 @@ class AdamW {
   StepStats step();
   void zero_grad();
   int64_t steps() const { return steps_; }
+  const std::vector<at::Tensor>& parameters() const { return params_; }
+  const OptimizerOptions& options() const { return options_; }
+
+  // State for checkpoints: fp32 master weights (the parameters themselves when fp32) and
+  // the two moment estimates, in parameter order.
+  const std::vector<at::Tensor>& master_weights() const { return master_; }
+  const std::vector<at::Tensor>& exp_avg() const { return exp_avg_; }
+  const std::vector<at::Tensor>& exp_avg_sq() const { return exp_avg_sq_; }
+  // Restores a saved state (same shapes, copied in place; the parameters are set from the
+  // masters). Throws anvil::Error naming the tensor on a count or shape mismatch.
+  void load_state(int64_t steps, const std::vector<at::Tensor>& master,
+                  const std::vector<at::Tensor>& exp_avg,
+                  const std::vector<at::Tensor>& exp_avg_sq);
 
  private:
   std::vector<at::Tensor> params_;

@@ -1,1 +1,2 @@
 anvil_parity_test(parity_rl_math test_rl_math_parity.py)
+anvil_parity_test(parity_loss test_loss_parity.py)

@@ -7,3 +7,4 @@ target_link_libraries(grad_tool PRIVATE anvil_train nlohmann_json::nlohmann_json
 set_target_properties(grad_tool PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
 anvil_use_torch_pch(grad_tool)
 anvil_unit_test(train_test SOURCES train_test.cpp LIBS anvil_train TORCH)
+anvil_unit_test(trainer_test SOURCES trainer_test.cpp LIBS anvil_train TORCH)
