@@ -12,5 +12,7 @@ void register_init_model(CLI::App& app, int& exit_code);
 void register_score(CLI::App& app, int& exit_code);
 void register_generate(CLI::App& app, int& exit_code);
 void register_tokenize(CLI::App& app, int& exit_code);
+void register_render_chat(CLI::App& app, int& exit_code);
+void register_data_preview(CLI::App& app, int& exit_code);
 
 }  // namespace anvil::launcher

@@ -23,9 +23,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Python: the pip wheel of torch 2.11.0 provides LibTorch; the rest are test oracles and
-# benchmark peers only (never runtime dependencies).
-PY_PKGS=(torch==2.11.0 transformers==5.23.0 tokenizers safetensors jinja2 pytest numpy)
+# Python: the pip wheel of torch 2.11.0 provides LibTorch and the pyarrow wheel Arrow/Parquet
+# C++ (cmake/AnvilArrow.cmake); the rest are test oracles and benchmark peers only.
+PY_PKGS=(torch==2.11.0 transformers==5.23.0 tokenizers safetensors jinja2 pytest numpy pyarrow)
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
@@ -37,7 +37,7 @@ need = {"torch": "2.11.0", "transformers": "5.23.0"}
 for name, version in need.items():
     if m.version(name) != version:
         sys.exit(1)
-for name in ("tokenizers", "safetensors", "jinja2", "pytest", "numpy"):
+for name in ("tokenizers", "safetensors", "jinja2", "pytest", "numpy", "pyarrow"):
     m.version(name)
 PY
 then
