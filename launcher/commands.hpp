@@ -15,4 +15,6 @@ void register_tokenize(CLI::App& app, int& exit_code);
 void register_render_chat(CLI::App& app, int& exit_code);
 void register_data_preview(CLI::App& app, int& exit_code);
 
+void register_sft(CLI::App& app, int& exit_code);
+
 }  // namespace anvil::launcher

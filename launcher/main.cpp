@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   anvil::launcher::register_tokenize(app, exit_code);
   anvil::launcher::register_render_chat(app, exit_code);
   anvil::launcher::register_data_preview(app, exit_code);
+  anvil::launcher::register_sft(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

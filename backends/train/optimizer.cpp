@@ -10,14 +10,15 @@ namespace anvil::train {
 
 double scheduled_lr(const OptimizerOptions& o, int64_t num_steps) {
   const double init_lr = 0.0;
+  if (o.lr_decay_style != "constant" && o.lr_decay_style != "linear" &&
+      o.lr_decay_style != "cosine") {
+    fail("--lr-decay-style '{}' is not supported (constant, linear, cosine)", o.lr_decay_style);
+  }
   if (o.lr_warmup_iters > 0 && num_steps <= o.lr_warmup_iters) {
     return init_lr + (o.lr - init_lr) * static_cast<double>(num_steps) /
                          static_cast<double>(o.lr_warmup_iters);
   }
   if (o.lr_decay_style == "constant") return o.lr;
-  if (o.lr_decay_style != "linear" && o.lr_decay_style != "cosine") {
-    fail("--lr-decay-style '{}' is not supported (constant, linear, cosine)", o.lr_decay_style);
-  }
   if (o.lr_decay_iters <= o.lr_warmup_iters) {
     fail("--lr-decay-style {} needs --lr-decay-iters ({}) greater than --lr-warmup-iters ({})",
          o.lr_decay_style, o.lr_decay_iters, o.lr_warmup_iters);
