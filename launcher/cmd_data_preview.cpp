@@ -90,7 +90,12 @@ void register_data_preview(CLI::App& app, int& exit_code) {
       log->info("source '{}': {} rows, {} bad rows, {} samples handed out, {} skipped", c.name,
                 c.rows, c.bad_rows, c.consumed, c.skipped);
     }
-    if (a->data.prefetch > 0) log->info("data/prefetch_queue_depth max {}", max_depth);
+    std::string metrics;
+    auto depth = a->data.prefetch > 0 ? std::optional<size_t>(max_depth) : std::nullopt;
+    for (const auto& [k, v] : data::data_metrics(last, source.size(), depth)) {
+      metrics += fmt::format(" {}={}", k, v);
+    }
+    log->info("metrics (queue depth: the largest seen):{}", metrics);
     exit_code = 0;
   });
 }

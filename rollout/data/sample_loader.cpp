@@ -63,4 +63,19 @@ std::optional<TokenizedSample> SampleLoader::next() {
   }
 }
 
+std::map<std::string, double> data_metrics(const DataCursor& cursor, uint64_t epoch_size,
+                                           std::optional<size_t> prefetch_queue_depth) {
+  std::map<std::string, double> m;
+  m["data/epoch"] = static_cast<double>(cursor.epoch) +
+                    (epoch_size > 0 ? static_cast<double>(cursor.offset) / epoch_size : 0.0);
+  for (const auto& c : cursor.sources) {
+    m["data/" + c.name + "/samples"] = static_cast<double>(c.consumed);
+    m["data/" + c.name + "/skipped"] = static_cast<double>(c.skipped);
+    m["data/" + c.name + "/bad_rows"] = static_cast<double>(c.bad_rows);
+  }
+  if (prefetch_queue_depth)
+    m["data/prefetch_queue_depth"] = static_cast<double>(*prefetch_queue_depth);
+  return m;
+}
+
 }  // namespace anvil::data

@@ -55,4 +55,11 @@ class SampleLoader {
   std::map<std::string, BadRows> bad_;  // by source name: too-long rows, template failures
 };
 
+// The data metrics of a run at `cursor` (the last consumed sample's): "data/epoch" (epochs
+// completed, fractional), and per source NAME "data/NAME/samples" (handed out),
+// "data/NAME/skipped" (dropped after tokenising) and "data/NAME/bad_rows" (skipped when
+// loading); with a prefetch queue also "data/prefetch_queue_depth".
+std::map<std::string, double> data_metrics(const DataCursor& cursor, uint64_t epoch_size,
+                                           std::optional<size_t> prefetch_queue_depth);
+
 }  // namespace anvil::data

@@ -500,6 +500,21 @@ TEST(DataLoader, CursorOfEachSampleResumesAfterItEvenWithPrefetch) {
   EXPECT_EQ(got, expected);
 }
 
+TEST(DataLoader, MetricsPerSourceAndQueueDepth) {
+  DataCursor c;
+  c.epoch = 1;
+  c.offset = 3;
+  c.sources = {{"math", "m.jsonl", 4, 2, 9, 1}, {"code", "c.parquet", 8, 0, 7, 0}};
+  auto m = data_metrics(c, 12, 5);
+  EXPECT_DOUBLE_EQ(m.at("data/epoch"), 1.25);
+  EXPECT_DOUBLE_EQ(m.at("data/math/samples"), 9);
+  EXPECT_DOUBLE_EQ(m.at("data/math/skipped"), 1);
+  EXPECT_DOUBLE_EQ(m.at("data/math/bad_rows"), 2);
+  EXPECT_DOUBLE_EQ(m.at("data/code/samples"), 7);
+  EXPECT_DOUBLE_EQ(m.at("data/prefetch_queue_depth"), 5);
+  EXPECT_EQ(data_metrics(c, 12, std::nullopt).count("data/prefetch_queue_depth"), 0u);
+}
+
 // --- prefetch queue ---
 
 TEST(DataPrefetch, DeliversInOrderWithinCapacity) {
