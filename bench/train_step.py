@@ -33,6 +33,12 @@ ANVIL = os.path.join(BUILD, "launcher", "anvil")
 BENCH = os.path.join(BUILD, "bench", "train_bench")
 
 SHAPES = {
+    # `anvil init-model --preset small` (its tokenizer's 402-token vocabulary), for machines
+    # without the full build.
+    "qwen3-small": dict(vocab_size=402, hidden_size=256, intermediate_size=704,
+                        num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+                        head_dim=32, max_position_embeddings=4096, rms_norm_eps=1e-6,
+                        tie_word_embeddings=True, rope_theta=10000.0),
     # Qwen/Qwen3-1.7B's config.json shape (random weights).
     "qwen3-1.7b": dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144,
                        num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
@@ -96,7 +102,9 @@ def make_model(a, path):
         torch.manual_seed(0)
         cfg = Qwen3Config(**SHAPES[a.shape])
         with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-            m = Qwen3ForCausalLM(cfg).to(torch.bfloat16)
+            m = Qwen3ForCausalLM(cfg)
+        if a.dtype == "bfloat16":
+            m = m.to(torch.bfloat16)
         m.save_pretrained(path)
     else:
         subprocess.run([ANVIL, "init-model", "--arch", "qwen3", "--preset", a.preset, "--out", path],
