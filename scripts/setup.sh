@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 DEBS=(build-essential cmake ninja-build ccache pkg-config git python3 python3-venv
   clang libclang-rt-14-dev
-  libcaf-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  libcaf-dev libgloo-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libspdlog-dev libfmt-dev libgtest-dev libgmock-dev nlohmann-json3-dev libcli11-dev
   libyaml-cpp-dev libcpp-httplib-dev libpcre2-dev libutf8proc-dev binutils)
 missing=()

@@ -302,8 +302,12 @@ at::Tensor DecoderModel::forward_hidden(const PackedBatch& batch, KVCache* cache
   const bool checkpoint = checkpointing_ && cache == nullptr && at::GradMode::is_enabled();
   at::Tensor h = at::embedding(p(embed_), batch.tokens);  // [T, H]
   for (size_t l = 0; l < layers_.size(); ++l) {
-    h = checkpoint ? checkpointed_layer(*this, static_cast<int>(l), h, in)
-                   : layer_forward(static_cast<int>(l), h, *in);
+    if (layer_runner_ && cache == nullptr) {
+      h = layer_runner_(static_cast<int>(l), h, in);
+    } else {
+      h = checkpoint ? checkpointed_layer(*this, static_cast<int>(l), h, in)
+                     : layer_forward(static_cast<int>(l), h, *in);
+    }
   }
   if (cache != nullptr) {
     for (size_t s = 0; s < batch.seq_lens.size(); ++s) {

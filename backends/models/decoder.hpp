@@ -13,6 +13,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string_view>
 #include <unordered_map>
@@ -101,6 +102,12 @@ class DecoderModel {
     std::vector<int64_t> past;  // cached length per sequence
     KVCache* cache = nullptr;
   };
+  // Replaces how each layer runs in forward_hidden (without a KV cache): a sharded
+  // backend gathers the layer's parameters around it. Empty = run layers directly.
+  using LayerRunner = std::function<at::Tensor(int layer, const at::Tensor& h,
+                                               std::shared_ptr<const LayerInputs> inputs)>;
+  void set_layer_runner(LayerRunner runner) { layer_runner_ = std::move(runner); }
+
   // One decoder layer: h [T, H] -> h [T, H].
   at::Tensor layer_forward(int layer, const at::Tensor& h, const LayerInputs& in) const;
   // The defined parameters of one layer, in a fixed order.
@@ -126,6 +133,7 @@ class DecoderModel {
   std::vector<LayerIndex> layers_;
   int embed_ = -1, final_norm_ = -1, lm_head_ = -1;
   bool checkpointing_ = false;
+  LayerRunner layer_runner_;
 };
 
 // fp32 RMSNorm as transformers: x * rsqrt(mean(x^2) + eps) in fp32, cast back, * weight.

@@ -84,7 +84,9 @@ StepStats AdamW::step() {
     grads[i] = params_[i].grad().to(at::kFloat);
     total += grads[i].pow(2).sum().to(at::kCPU, at::kDouble);
   }
-  StepStats stats{std::sqrt(total.item<double>()), scheduled_lr(options_, steps_)};
+  double sq = total.item<double>();
+  if (norm_reducer_) sq = norm_reducer_(sq);
+  StepStats stats{std::sqrt(sq), scheduled_lr(options_, steps_)};
   if (!std::isfinite(stats.grad_norm)) {
     fail("AdamW: gradient norm is {} at step {}; update skipped", stats.grad_norm, steps_);
   }

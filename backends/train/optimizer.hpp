@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,11 @@ class AdamW {
   StepStats step();
   void zero_grad();
   int64_t steps() const { return steps_; }
+  // For sharded parameters: maps this rank's sum of squared gradients to the global sum
+  // (an all-reduce), so clipping uses the norm of the whole model.
+  void set_grad_norm_reducer(std::function<double(double)> reducer) {
+    norm_reducer_ = std::move(reducer);
+  }
   const std::vector<at::Tensor>& parameters() const { return params_; }
   const OptimizerOptions& options() const { return options_; }
 
@@ -66,6 +72,7 @@ class AdamW {
   std::vector<at::Tensor> exp_avg_, exp_avg_sq_;
   OptimizerOptions options_;
   int64_t steps_ = 0;
+  std::function<double(double)> norm_reducer_;
 };
 
 }  // namespace anvil::train

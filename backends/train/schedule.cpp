@@ -135,7 +135,13 @@ Schedule build_schedule(const std::vector<int64_t>& total_lengths,
             s, lengths.size(), o.micro_batch_size, bins.size(), o.dp_size);
       }
       split_to(bins, target, lengths);
-      ANVIL_CHECK(bins.size() == target);  // guaranteed: at least dp_size samples
+      if (bins.size() != target) {
+        fail(
+            "step {}: its {} samples make {} micro-batches, and no split gives a multiple of the "
+            "{} data-parallel ranks; make --global-batch-size a multiple of the ranks or raise "
+            "--max-tokens-per-gpu",
+            s, lengths.size(), bins.size(), o.dp_size);
+      }
     }
 
     // Balance micro-batches over ranks by tokens, an equal count per rank.

@@ -147,8 +147,8 @@ ResponseLogProbs response_logprobs(const models::DecoderModel& model,
   return out;
 }
 
-Trainer::Trainer(models::DecoderModel& model, TrainerOptions options)
-    : model_(model), options_(std::move(options)) {
+Trainer::Trainer(models::DecoderModel& model, TrainerOptions options, TrainerHooks hooks)
+    : model_(model), options_(std::move(options)), hooks_(std::move(hooks)) {
   validate(options_.loss);
   if (!(options_.temperature > 0))
     fail("--rollout-temperature must be > 0, got {}", options_.temperature);
@@ -158,7 +158,10 @@ Trainer::Trainer(models::DecoderModel& model, TrainerOptions options)
     fail("data-parallel rank {} outside [0, {})", options_.dp_rank, options_.schedule.dp_size);
   model_.set_gradient_checkpointing(options_.gradient_checkpointing);
   for (at::Tensor& p : model_.parameters()) p.requires_grad_(true);
-  optimizer_ = std::make_unique<AdamW>(model_.parameters(), options_.optimizer);
+  optimizer_ = std::make_unique<AdamW>(
+      hooks_.optimizer_params.empty() ? model_.parameters() : hooks_.optimizer_params,
+      options_.optimizer);
+  if (hooks_.reduce_grad_norm_sq) optimizer_->set_grad_norm_reducer(hooks_.reduce_grad_norm_sq);
 }
 
 Metrics Trainer::accumulate_step(const StepSchedule& step, const StepInputs& in) {
@@ -197,9 +200,12 @@ Metrics Trainer::accumulate_step(const StepSchedule& step, const StepInputs& in)
 }
 
 void Trainer::optimizer_step(Metrics& metrics) {
+  if (hooks_.reduce_metrics) hooks_.reduce_metrics(metrics);
+  if (hooks_.before_optimizer_step) hooks_.before_optimizer_step();
   if (before_optimizer_step) before_optimizer_step();
   StepStats s = optimizer_->step();
   optimizer_->zero_grad();
+  if (hooks_.after_optimizer_step) hooks_.after_optimizer_step();
   metrics["grad_norm"] = s.grad_norm;
   metrics["lr"] = s.lr;
 }

@@ -65,10 +65,21 @@ ResponseLogProbs response_logprobs(const models::DecoderModel& model,
                                    int64_t chunk_tokens, int64_t max_tokens,
                                    bool with_entropy = false);
 
+// How a sharded backend plugs into the Trainer (all optional).
+struct TrainerHooks {
+  // The tensors AdamW steps (with their .grad filled by before_optimizer_step), instead of
+  // the model's parameters: e.g. fp32 shards.
+  std::vector<at::Tensor> optimizer_params;
+  std::function<double(double)> reduce_grad_norm_sq;  // see AdamW::set_grad_norm_reducer
+  std::function<void(Metrics&)> reduce_metrics;       // combine a step's metrics over ranks
+  std::function<void()> before_optimizer_step;        // e.g. reduce-scatter gradients
+  std::function<void()> after_optimizer_step;         // e.g. refresh gathered parameters
+};
+
 class Trainer {
  public:
   // `model` parameters become trainable (requires_grad) and are updated in place.
-  Trainer(models::DecoderModel& model, TrainerOptions options);
+  Trainer(models::DecoderModel& model, TrainerOptions options, TrainerHooks hooks = {});
 
   // Trains on one rollout; returns the metrics of each optimizer step (slime's names:
   // loss, pg_loss, entropy_loss, pg_clipfrac, ppo_kl, kl_loss, tis*, ois,
@@ -99,6 +110,7 @@ class Trainer {
  private:
   models::DecoderModel& model_;
   TrainerOptions options_;
+  TrainerHooks hooks_;
   std::unique_ptr<AdamW> optimizer_;
 };
 

@@ -1,0 +1,43 @@
+// Collectives for one training group over c10d: rendezvous through a TCPStore hosted by
+// rank 0, ProcessGroupGloo for CPU tensors (ProcessGroupNCCL for CUDA ones where built).
+// Every collective waits with the group's timeout; a peer that died or hangs surfaces as
+// an anvil::Error naming this rank, the operation and its size, never as a silent hang.
+// A group of one needs no store and does every collective locally.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace anvil::dist {
+
+struct CommOptions {
+  std::string master_addr = "127.0.0.1";  // where rank 0 hosts the TCPStore
+  int master_port = 29500;
+  int rank = 0;
+  int world_size = 1;
+  std::chrono::milliseconds timeout{std::chrono::seconds(120)};  // every collective
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  // Joins the group (blocks until every rank has arrived or the timeout passes).
+  static std::shared_ptr<Communicator> create(const CommOptions& options);
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // out = concat over ranks of `in` (out.numel() == size() * in.numel(), both contiguous).
+  virtual void all_gather(at::Tensor& out, const at::Tensor& in) = 0;
+  // out = rank's slice of the element-wise SUM over ranks of `in` (in = size() slices).
+  virtual void reduce_scatter(at::Tensor& out, const at::Tensor& in) = 0;
+  // t = element-wise SUM over ranks, in place.
+  virtual void all_reduce(at::Tensor& t) = 0;
+  virtual void broadcast(at::Tensor& t, int root) = 0;
+  virtual void barrier() = 0;
+};
+
+}  // namespace anvil::dist

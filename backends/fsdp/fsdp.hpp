@@ -1,0 +1,69 @@
+// Fully sharded data parallel (ZeRO-3) for the decoder family, on a dist::Communicator.
+//
+// Every parameter is sharded on dim 0 into W chunks of ceil(rows / W) rows (zero-padded),
+// as FSDP2 does, so any world size works. A rank keeps only its fp32 shards (the
+// optimizer's parameters, optionally on the CPU) and the AdamW state of those shards.
+// Groups: one per decoder layer, plus a root group (embeddings, final norm, untied head).
+//
+// Compute: the model's parameter tensors keep their full shapes but own memory only while
+// gathered. A layer's group is all-gathered (in the compute dtype) right before the layer
+// runs and freed after it (--reshard-after-forward; otherwise kept until its backward),
+// gathered again in backward, and its gradients are reduce-scattered in fp32 into the
+// shards' gradients (summed over ranks, which is what the Trainer's step-level reducer
+// weights need) as soon as the layer's backward is done. Memory is reallocated into the
+// same storage, so autograd's saved references stay valid (FSDP2's storage resize). With
+// gradient checkpointing the layer is recomputed in backward instead of keeping its graph.
+// The root group stays gathered; its gradients are reduce-scattered before each step.
+//
+// Loading reads only this rank's rows of each tensor from the HF safetensors.
+#pragma once
+
+#include "backends/dist/communicator.hpp"
+#include "backends/models/decoder.hpp"
+#include "backends/train/trainer.hpp"
+
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace anvil::fsdp {
+
+struct FsdpOptions {
+  bool reshard_after_forward = true;  // --reshard-after-forward
+  bool cpu_offload = false;           // --fsdp-cpu-offload: shards and optimizer on the CPU
+};
+
+class FsdpModel {
+ public:
+  // Reads config.json and this rank's rows of every tensor of the HF checkpoint `dir`.
+  FsdpModel(std::shared_ptr<dist::Communicator> comm, const std::filesystem::path& dir,
+            at::ScalarType compute_dtype, const at::Device& device, FsdpOptions options);
+  ~FsdpModel();
+  FsdpModel(const FsdpModel&) = delete;
+  FsdpModel& operator=(const FsdpModel&) = delete;
+
+  models::DecoderModel& model();
+  dist::Communicator& comm();
+
+  // Hooks that make a Trainer train the shards (set options.schedule.dp_size/dp_rank to
+  // the communicator's size/rank).
+  train::TrainerHooks trainer_hooks();
+
+  // Calls fn(name, full tensor) for every parameter in HF order, gathering one tensor at a
+  // time (every rank takes part; every rank receives the tensor).
+  void for_each_full_tensor(const std::function<void(const std::string&, const at::Tensor&)>& fn);
+
+  // Bytes this rank holds for parameters (shards) and their gradients, for measurements.
+  int64_t shard_bytes() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace anvil::fsdp

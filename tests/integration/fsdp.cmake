@@ -1,0 +1,7 @@
+if(ANVIL_HAVE_DIST)
+  add_executable(fsdp_tool fsdp_tool.cpp)
+  target_link_libraries(fsdp_tool PRIVATE anvil_fsdp nlohmann_json::nlohmann_json)
+  set_target_properties(fsdp_tool PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+  anvil_use_torch_pch(fsdp_tool)
+  anvil_integration_test(integration_fsdp test_fsdp.py)
+endif()

@@ -1,0 +1,119 @@
+"""FSDP (backends/fsdp) with real processes on localhost over Gloo: world sizes 1, 2 and 3
+(uneven shards) train to the same weights as a single process, with and without CPU
+offload, gradient checkpointing and resharding after forward; per-rank parameter+gradient
+bytes scale as 1/W; a dead peer fails the others within the timeout with a clear error."""
+import json
+import os
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+TOOLS = os.environ.get("ANVIL_TEST_TOOLS", "build/tests")
+TOOL = os.path.join(TOOLS, "fsdp_tool")
+ANVIL = os.environ.get("ANVIL_BIN", "anvil")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fsdp")
+    path = str(d / "model")
+    # Untied head and odd sizes: every parameter shards unevenly for W = 3.
+    subprocess.run([ANVIL, "init-model", "--arch", "qwen3", "--preset", "tiny", "--out", path,
+                    "--seed", "5", "--override", '{"tie_word_embeddings": false}'],
+                   check=True, capture_output=True)
+    return d, path
+
+
+def run_group(model_path, out, world, extra=(), timeout=300):
+    port = free_port()
+    procs = [subprocess.Popen([TOOL, "--model", model_path, "--out", out, "--world", str(world),
+                               "--rank", str(r), "--port", str(port), *extra],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(world)]
+    results = []
+    for p in procs:
+        so, se = p.communicate(timeout=timeout)
+        results.append((p.returncode, so, se))
+    return results
+
+
+def weights(path):
+    return load_file(os.path.join(path, "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def reference(model):
+    d, path = model
+    out = str(d / "single")
+    p = subprocess.run([TOOL, "--model", path, "--out", out, "--single"], capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    return weights(out), json.loads(p.stdout)
+
+
+CASES = [
+    (1, []),
+    (2, []),
+    (3, []),
+    (2, ["--offload"]),
+    (3, ["--ckpt"]),
+    (2, ["--no-reshard"]),
+    (3, ["--ckpt", "--offload", "--no-reshard"]),
+]
+
+
+@pytest.mark.parametrize("world,extra", CASES, ids=[f"w{w}{''.join(e)}" for w, e in CASES])
+def test_matches_single_process(model, reference, world, extra):
+    d, path = model
+    out = str(d / f"w{world}{'_'.join(x.strip('-') for x in extra)}")
+    results = run_group(path, out, world, extra)
+    for rc, so, se in results:
+        assert rc == 0, se
+    ref, ref_info = reference
+    got = weights(out)
+    assert got.keys() == ref.keys()
+    worst = max(float(np.abs(got[k] - ref[k]).max()) for k in ref)
+    assert worst < 1e-5, worst
+    # metrics of the last step agree too (reduced over ranks)
+    info = json.loads(results[0][1])
+    for k in ("loss", "pg_loss", "entropy_loss", "tokens", "grad_norm"):
+        assert abs(info["metrics"][k] - ref_info["metrics"][k]) < 1e-4 * max(1, abs(ref_info["metrics"][k])), k
+
+
+def test_shard_memory_scales_with_world_size(model, reference):
+    d, path = model
+    _, ref_info = reference
+    full = ref_info["shard_bytes"]
+    results = run_group(path, str(d / "mem3"), 3, ["--rollouts", "1"])
+    per_rank = [json.loads(so)["shard_bytes"] for rc, so, se in results]
+    for b in per_rank:
+        # 1/W of the single-process bytes, within 15% plus dim-0 padding
+        assert b <= full / 3 * 1.15, (b, full)
+        assert b >= full / 3 * 0.85, (b, full)
+
+
+def test_dead_peer_fails_the_group_within_timeout(model):
+    d, path = model
+    port = free_port()
+    args = ["--model", path, "--out", str(d / "dead"), "--world", "2", "--port", str(port),
+            "--timeout-ms", "4000", "--rollouts", "3"]
+    t0 = time.time()
+    p0 = subprocess.Popen([TOOL, *args, "--rank", "0"], stderr=subprocess.PIPE, text=True)
+    p1 = subprocess.Popen([TOOL, *args, "--rank", "1", "--die-at-rollout", "1"],
+                          stderr=subprocess.PIPE, text=True)
+    _, err0 = p0.communicate(timeout=120)
+    p1.communicate(timeout=120)
+    assert p1.returncode == -9
+    assert p0.returncode == 1, err0
+    assert "rank 0 of 2" in err0 and "failed" in err0, err0
+    assert time.time() - t0 < 60
