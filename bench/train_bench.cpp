@@ -1,7 +1,11 @@
 // Training-step throughput and peak memory of anvil's Trainer (driven by
 // bench/train_step.py, which runs PyTorch + transformers on the same model and batch).
 //
-//   train_bench MODEL_DIR BATCH SEQ_LEN STEPS THREADS DTYPE DEVICE CKPT [MICRO_BATCH]
+//   train_bench MODEL_DIR BATCH SEQ_LEN STEPS THREADS DTYPE DEVICE CKPT [MICRO_BATCH
+//               [WORLD RANK PORT]]
+//
+// With WORLD > 1 (builds with distributed support), the process is one rank of an FSDP
+// group on localhost: BATCH is the global batch, each rank runs its share of it.
 //
 // One step = an SFT step over BATCH sequences of SEQ_LEN random tokens (loss on every
 // next token, per-token mean, as transformers' labels=input_ids), AdamW lr 1e-5, clip 1.0,
@@ -10,6 +14,9 @@
 #include "backends/models/decoder.hpp"
 #include "backends/models/weights.hpp"
 #include "backends/train/trainer.hpp"
+#if defined(ANVIL_BENCH_FSDP)
+#include "backends/fsdp/fsdp.hpp"
+#endif
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -57,7 +64,30 @@ int main(int argc, char** argv) {
     const bool ckpt = std::string(argv[8]) == "1";
     const int64_t micro = argc > 9 ? std::stoll(argv[9]) : batch;
 
-    auto model = anvil::models::DecoderModel::from_pretrained(dir, dtype, device);
+    const int world = argc > 12 ? std::stoi(argv[10]) : 1;
+    const int rank = argc > 12 ? std::stoi(argv[11]) : 0;
+    std::unique_ptr<anvil::models::DecoderModel> owned;
+    anvil::models::DecoderModel* model = nullptr;
+    anvil::train::TrainerHooks hooks;
+#if defined(ANVIL_BENCH_FSDP)
+    std::unique_ptr<anvil::fsdp::FsdpModel> sharded;
+    if (world > 1) {
+      anvil::dist::CommOptions co;
+      co.world_size = world;
+      co.rank = rank;
+      co.master_port = std::stoi(argv[12]);
+      sharded = std::make_unique<anvil::fsdp::FsdpModel>(anvil::dist::Communicator::create(co),
+                                                         dir, dtype, device,
+                                                         anvil::fsdp::FsdpOptions{});
+      model = &sharded->model();
+      hooks = sharded->trainer_hooks();
+    }
+#endif
+    if (model == nullptr) {
+      if (world > 1) throw std::runtime_error("built without distributed support");
+      owned = anvil::models::DecoderModel::from_pretrained(dir, dtype, device);
+      model = owned.get();
+    }
     const int64_t vocab = model->config().vocab_size;
     anvil::train::TrainerOptions o;
     o.loss.loss_type = "sft_loss";
@@ -68,7 +98,9 @@ int main(int argc, char** argv) {
     o.optimizer.clip_grad = 1.0;
     o.gradient_checkpointing = ckpt;
     o.log_probs_chunk_size = 1024;
-    anvil::train::Trainer trainer(*model, o);
+    o.schedule.dp_size = world;
+    o.dp_rank = rank;
+    anvil::train::Trainer trainer(*model, o, hooks);
 
     std::mt19937_64 rng(1234);
     std::vector<double> times;
