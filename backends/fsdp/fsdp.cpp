@@ -1,6 +1,9 @@
 #include "backends/fsdp/fsdp.hpp"
 
 #include "backends/common/error.hpp"
+#include "backends/common/json_util.hpp"
+#include "backends/common/log.hpp"
+#include "backends/train/checkpoint.hpp"
 #include "backends/models/safetensors.hpp"
 #include "backends/models/weights.hpp"
 
@@ -361,6 +364,150 @@ void FsdpModel::for_each_full_tensor(
     fn(f.model->specs()[static_cast<size_t>(p.index)].name,
        full.reshape(f.model->specs()[static_cast<size_t>(p.index)].shape));
   }
+}
+
+namespace {
+constexpr const char* kLatest = "latest_checkpointed_iteration.txt";
+std::string rank_file(int rank, int world) {
+  return fmt::format("rank_{}-of-{}.safetensors", rank, world);
+}
+}  // namespace
+
+void FsdpModel::save_checkpoint(const std::filesystem::path& save, int64_t iteration,
+                                const train::AdamW& optimizer, const nlohmann::json& state) {
+  namespace fs = std::filesystem;
+  Impl& f = *impl_;
+  const fs::path dest = train::iteration_dir(save, iteration);
+  fs::path tmp = dest;
+  tmp += ".tmp";
+  if (f.R() == 0) {
+    fs::remove_all(tmp);
+    fs::create_directories(tmp / "fsdp");
+  }
+  f.comm->barrier();
+  // Every rank: its shards, their moments, its RNG.
+  {
+    models::CheckpointWriter writer(tmp / "fsdp" / "tmp-rank" / std::to_string(f.R()), 5ull << 30,
+                                    {{"format", "anvil-fsdp"},
+                                     {"world_size", std::to_string(f.W())},
+                                     {"rank", std::to_string(f.R())}});
+    const auto& specs = f.model->specs();
+    const auto& opt_params = optimizer.parameters();
+    for (size_t i = 0; i < f.params.size(); ++i) {
+      const std::string& name = specs[static_cast<size_t>(f.params[i].index)].name;
+      if (!opt_params[i].is_same(f.params[i].shard))
+        fail("FSDP checkpoint: the optimizer does not hold this model's shards");
+      writer.add(name, f.params[i].shard);
+      writer.add(name + ".exp_avg", optimizer.exp_avg()[i]);
+      writer.add(name + ".exp_avg_sq", optimizer.exp_avg_sq()[i]);
+    }
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    {
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      writer.add("__rng__.cpu", gen.get_state());
+    }
+    writer.finish();
+    fs::rename(tmp / "fsdp" / "tmp-rank" / std::to_string(f.R()) / "model.safetensors",
+               tmp / "fsdp" / rank_file(f.R(), f.W()));
+  }
+  // The full model as an HF directory (rank 0 writes; every rank gathers).
+  {
+    std::unique_ptr<models::CheckpointWriter> writer;
+    if (f.R() == 0) {
+      fs::create_directories(tmp / "model");
+      writer = std::make_unique<models::CheckpointWriter>(tmp / "model");
+    }
+    for_each_full_tensor([&](const std::string& name, const at::Tensor& t) {
+      if (writer) writer->add(name, t.to(f.dtype));
+    });
+    if (writer) {
+      writer->finish();
+      nlohmann::json config = f.model->config().to_json();
+      config["dtype"] = f.dtype == at::kBFloat16 ? "bfloat16"
+                        : f.dtype == at::kHalf   ? "float16"
+                                                 : "float32";
+      write_json_file_atomic(tmp / "model" / "config.json", config);
+    }
+  }
+  f.comm->barrier();
+  if (f.R() == 0) {
+    fs::remove_all(tmp / "fsdp" / "tmp-rank");
+    write_json_file_atomic(tmp / "trainer_state.json", {{"format_version", 1},
+                                                        {"iteration", iteration},
+                                                        {"optimizer_steps", optimizer.steps()},
+                                                        {"world_size", f.W()},
+                                                        {"state", state}});
+    sync_directory(tmp);
+    sync_directory(tmp / "fsdp");
+    fs::remove_all(dest);
+    fs::rename(tmp, dest);
+    sync_directory(save);
+    write_text_file_atomic(save / kLatest, std::to_string(iteration) + "\n");
+    log::get("fsdp")->info("saved sharded checkpoint {} ({} ranks)", dest.string(), f.W());
+  }
+  f.comm->barrier();
+}
+
+std::optional<std::pair<int64_t, nlohmann::json>> FsdpModel::load_checkpoint(
+    const std::filesystem::path& load, train::AdamW& optimizer, std::optional<int64_t> iteration) {
+  namespace fs = std::filesystem;
+  Impl& f = *impl_;
+  if (!iteration) {
+    if (!fs::exists(load / kLatest)) return std::nullopt;
+    std::string text = read_text_file(load / kLatest);
+    try {
+      iteration = std::stoll(text);
+    } catch (const std::exception&) {
+      fail("{}: expected an iteration number, found '{}'", (load / kLatest).string(), text);
+    }
+  }
+  const fs::path dir = train::iteration_dir(load, *iteration);
+  nlohmann::json meta = read_json_file(dir / "trainer_state.json");
+  if (!meta.contains("world_size"))
+    fail("{}: not a sharded (FSDP) checkpoint: trainer_state.json has no world_size", dir.string());
+  const int old_w = meta.at("world_size").get<int>();
+  std::vector<models::CheckpointReader> old;
+  for (int r = 0; r < old_w; ++r) {
+    fs::path file = dir / "fsdp" / rank_file(r, old_w);
+    if (!fs::exists(file))
+      fail("{}: incomplete checkpoint, {} is missing", dir.string(), file.string());
+    old.push_back(models::CheckpointReader::open(file));
+  }
+  at::NoGradGuard no_grad;
+  const auto& specs = f.model->specs();
+  std::vector<at::Tensor> master, m1, m2;
+  for (const Param& p : f.params) {
+    const std::string& name = specs[static_cast<size_t>(p.index)].name;
+    const int64_t old_sr = (p.rows + old_w - 1) / old_w;
+    const int64_t begin = std::min(p.rows, f.R() * p.shard_rows);
+    const int64_t end = std::min(p.rows, (f.R() + 1) * p.shard_rows);
+    std::vector<at::Tensor> out;
+    for (const char* suffix : {"", ".exp_avg", ".exp_avg_sq"}) {
+      at::Tensor t = at::zeros(p.shard.sizes(), p.shard.options());
+      for (int r = 0; r < old_w; ++r) {  // old rank r holds rows [r * old_sr, (r + 1) * old_sr)
+        const int64_t lo = std::max(begin, r * old_sr), hi = std::min(end, (r + 1) * old_sr);
+        if (hi <= lo) continue;
+        const std::string key = name + suffix;
+        if (!old[static_cast<size_t>(r)].contains(key))
+          fail("{}: tensor '{}' is missing from rank {}'s file", dir.string(), key, r);
+        t.narrow(0, lo - begin, hi - lo)
+            .copy_(old[static_cast<size_t>(r)].load_rows(key, lo - r * old_sr, hi - r * old_sr));
+      }
+      out.push_back(t);
+    }
+    master.push_back(out[0]);
+    m1.push_back(out[1]);
+    m2.push_back(out[2]);
+  }
+  optimizer.load_state(meta.at("optimizer_steps").get<int64_t>(), master, m1, m2);
+  if (old_w == f.W() && old[static_cast<size_t>(f.R())].contains("__rng__.cpu")) {
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(old[static_cast<size_t>(f.R())].load("__rng__.cpu"));
+  }
+  f.gathered[f.root()] = false;
+  f.unshard(f.root());
+  return std::make_pair(*iteration, meta.value("state", nlohmann::json::object()));
 }
 
 int64_t FsdpModel::shard_bytes() const {

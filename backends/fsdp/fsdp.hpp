@@ -27,6 +27,8 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -56,6 +58,20 @@ class FsdpModel {
   // Calls fn(name, full tensor) for every parameter in HF order, gathering one tensor at a
   // time (every rank takes part; every rank receives the tensor).
   void for_each_full_tensor(const std::function<void(const std::string&, const at::Tensor&)>& fn);
+
+  // Sharded training checkpoint (every rank calls it): <save>/iter_NNNNNNN/ holds model/
+  // (the full model as an HF directory, written by rank 0), fsdp/rank_R-of-W.safetensors
+  // (each rank's fp32 shards, AdamW moments and RNG state) and trainer_state.json; written
+  // under a temporary name and renamed by rank 0 after every rank has finished, then the
+  // `latest_checkpointed_iteration.txt` pointer moves.
+  void save_checkpoint(const std::filesystem::path& save, int64_t iteration,
+                       const train::AdamW& optimizer, const nlohmann::json& state);
+  // Loads the latest (or the given) iteration into the shards and `optimizer`. The
+  // checkpoint may come from any world size: each rank reads the rows of its new shard
+  // from the old ranks' files that hold them. Returns nullopt when there is none.
+  std::optional<std::pair<int64_t, nlohmann::json>> load_checkpoint(
+      const std::filesystem::path& load, train::AdamW& optimizer,
+      std::optional<int64_t> iteration = std::nullopt);
 
   // Bytes this rank holds for parameters (shards) and their gradients, for measurements.
   int64_t shard_bytes() const;

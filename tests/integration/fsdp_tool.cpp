@@ -42,7 +42,8 @@ std::vector<train::TrainSample> rollout(uint64_t seed, int64_t vocab) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_dir, out_dir;
+  std::string model_dir, out_dir, save_dir, load_dir;
+  int first_rollout = 0;
   int world = 1, rank = 0, port = 29500, rollouts = 2, die_at = -1;
   int64_t timeout_ms = 60000, max_tokens = 40;
   bool single = false, ckpt = false, offload = false, reshard = true;
@@ -67,6 +68,12 @@ int main(int argc, char** argv) {
       timeout_ms = std::stoll(next());
     else if (a == "--max-tokens")
       max_tokens = std::stoll(next());
+    else if (a == "--save")
+      save_dir = next();
+    else if (a == "--load")
+      load_dir = next();
+    else if (a == "--first-rollout")
+      first_rollout = std::stoi(next());
     else if (a == "--single")
       single = true;
     else if (a == "--ckpt")
@@ -122,11 +129,19 @@ int main(int argc, char** argv) {
     }
     models::DecoderModel& model = single ? *plain : sharded->model();
     train::Metrics last;
-    for (int r = 0; r < rollouts; ++r) {
+    if (!load_dir.empty()) {
+      if (single) throw std::runtime_error("--load needs an FSDP group");
+      auto loaded = sharded->load_checkpoint(load_dir, trainer->optimizer());
+      if (!loaded) throw std::runtime_error("--load: no checkpoint in " + load_dir);
+    }
+    for (int r = first_rollout; r < first_rollout + rollouts; ++r) {
       if (r == die_at) std::raise(SIGKILL);
       auto m = trainer->train_rollout(rollout(1000 + r, model.config().vocab_size));
       last = m.back();
     }
+    if (!save_dir.empty() && !single)
+      sharded->save_checkpoint(save_dir, first_rollout + rollouts, trainer->optimizer(),
+                               {{"rollouts", first_rollout + rollouts}});
     // Full weights out (every rank gathers; rank 0 writes).
     models::CheckpointWriter writer(out_dir);
     auto write = [&](const std::string& name, const at::Tensor& t) {

@@ -117,3 +117,39 @@ def test_dead_peer_fails_the_group_within_timeout(model):
     assert p0.returncode == 1, err0
     assert "rank 0 of 2" in err0 and "failed" in err0, err0
     assert time.time() - t0 < 60
+
+
+def test_sharded_checkpoint_resumes_bitwise_and_reshards(model):
+    d, path = model
+    straight = str(d / "ck_straight")
+    assert all(rc == 0 for rc, _, _ in run_group(path, straight, 2, ["--rollouts", "4"]))
+    ck = str(d / "ck")
+    half = str(d / "ck_half")
+    res = run_group(path, half, 2, ["--rollouts", "2", "--save", ck])
+    assert all(rc == 0 for rc, _, se in res), res
+    assert open(os.path.join(ck, "latest_checkpointed_iteration.txt")).read().strip() == "2"
+    assert sorted(os.listdir(os.path.join(ck, "iter_0000002", "fsdp"))) == [
+        "rank_0-of-2.safetensors", "rank_1-of-2.safetensors"]
+    # the checkpoint's model/ is an HF directory with the weights of that moment
+    saved = load_file(os.path.join(ck, "iter_0000002", "model", "model.safetensors"))
+    mid = weights(half)
+    assert all(np.array_equal(saved[k], mid[k]) for k in mid)
+
+    # same world size: bitwise the straight run
+    resumed = str(d / "ck_resumed")
+    res = run_group(path, resumed, 2, ["--load", ck, "--first-rollout", "2", "--rollouts", "2"])
+    assert all(rc == 0 for rc, _, se in res), res
+    a, b = weights(straight), weights(resumed)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+    # another world size: exactly the saved state after loading, then close to the straight run
+    resh0 = str(d / "ck_resharded0")
+    res = run_group(path, resh0, 3, ["--load", ck, "--rollouts", "0"])
+    assert all(rc == 0 for rc, _, se in res), res
+    r0 = weights(resh0)
+    assert all(np.array_equal(r0[k], mid[k]) for k in mid)
+    resh = str(d / "ck_resharded")
+    res = run_group(path, resh, 3, ["--load", ck, "--first-rollout", "2", "--rollouts", "2"])
+    assert all(rc == 0 for rc, _, se in res), res
+    r = weights(resh)
+    assert max(float(np.abs(r[k] - a[k]).max()) for k in a) < 1e-5
