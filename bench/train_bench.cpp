@@ -4,8 +4,9 @@
 //   train_bench MODEL_DIR BATCH SEQ_LEN STEPS THREADS DTYPE DEVICE CKPT [MICRO_BATCH
 //               [WORLD RANK PORT]]
 //
-// With WORLD > 1 (builds with distributed support), the process is one rank of an FSDP
-// group on localhost: BATCH is the global batch, each rank runs its share of it.
+// With WORLD RANK PORT (builds with distributed support), the process is one rank of an
+// FSDP group on localhost (WORLD 1 runs the sharded code path alone): BATCH is the global
+// batch, each rank runs its share of it; bf16 means bf16 compute over fp32 shards.
 //
 // One step = an SFT step over BATCH sequences of SEQ_LEN random tokens (loss on every
 // next token, per-token mean, as transformers' labels=input_ids), AdamW lr 1e-5, clip 1.0,
@@ -71,7 +72,7 @@ int main(int argc, char** argv) {
     anvil::train::TrainerHooks hooks;
 #if defined(ANVIL_BENCH_FSDP)
     std::unique_ptr<anvil::fsdp::FsdpModel> sharded;
-    if (world > 1) {
+    if (argc > 12) {  // an FSDP rank (also for WORLD = 1: the sharded code path alone)
       anvil::dist::CommOptions co;
       co.world_size = world;
       co.rank = rank;

@@ -48,6 +48,13 @@ SHAPES = {
 H100_BF16_DENSE = 989.4e12
 
 
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def peak_rss():
     with open("/proc/self/status") as f:
         for line in f:
@@ -67,6 +74,20 @@ def peer(a):
     model.train()
     if a.ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    autocast = a.dtype == "bfloat16"
+    if a.fsdp:
+        # PyTorch FSDP2 on a one-rank group: fully_shard per decoder layer and the root,
+        # bf16 parameters for compute, fp32 gradient reduction, fp32 sharded master weights.
+        import torch.distributed as dist
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                init_method=f"tcp://127.0.0.1:{a.port}", rank=0, world_size=1)
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if autocast else torch.float32,
+                                  reduce_dtype=torch.float32)
+        for layer in model.model.layers:
+            fully_shard(layer, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        autocast = False
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.999), eps=1e-8,
                             weight_decay=0.0)
     gen = torch.Generator().manual_seed(1234)
@@ -77,7 +98,7 @@ def peer(a):
         ids = torch.randint(0, vocab, (a.batch, a.seq_len), generator=gen).to(dev)
         t0 = time.perf_counter()
         for mb in ids.split(micro):
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.dtype == "bfloat16"):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = model(input_ids=mb, labels=mb).loss
             (loss * (mb.shape[0] / a.batch)).backward()
             loss_value = loss.item()
@@ -124,6 +145,8 @@ def flops_per_token(model_dir, seq_len):
 def run_anvil(a, ckpt):
     cmd = [BENCH, a.model, str(a.batch), str(a.seq_len), str(a.steps), str(a.threads), a.dtype,
            a.device, "1" if ckpt else "0", str(a.micro_batch or a.batch)]
+    if a.fsdp:
+        cmd += ["1", "0", str(free_port())]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
@@ -131,7 +154,8 @@ def run_peer(a, ckpt):
     cmd = [sys.executable, os.path.abspath(__file__), "--peer", "--model", a.model,
            "--batch", str(a.batch), "--seq-len", str(a.seq_len), "--steps", str(a.steps),
            "--threads", str(a.threads), "--dtype", a.dtype, "--device", a.device,
-           "--micro-batch", str(a.micro_batch or a.batch)] + (["--ckpt"] if ckpt else [])
+           "--micro-batch", str(a.micro_batch or a.batch)] + (["--ckpt"] if ckpt else []) + \
+        (["--fsdp", "--port", str(free_port())] if a.fsdp else [])
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
@@ -148,6 +172,10 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--ckpt", action="store_true", help="(peer mode) gradient checkpointing")
+    ap.add_argument("--fsdp", action="store_true",
+                    help="both sides on their FSDP code path (one rank): anvil FsdpModel vs "
+                         "PyTorch FSDP2 fully_shard with bf16 params / fp32 reduction")
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--modes", default="off,on", help="gradient checkpointing modes to run")
     ap.add_argument("--json-out")
@@ -160,7 +188,7 @@ def main():
             make_model(a, a.model)
         fpt = flops_per_token(a.model, a.seq_len)
         name = a.shape or f"qwen3-{a.preset}"
-        print(f"train step {name} {a.dtype} {a.device} batch={a.batch} len={a.seq_len} "
+        print(f"train step {name} {a.dtype} {a.device}{' FSDP (1 rank)' if a.fsdp else ''} batch={a.batch} len={a.seq_len} "
               f"micro-batch={a.micro_batch or a.batch} threads={a.threads} steps={a.steps}")
         results = []
         for mode in a.modes.split(","):

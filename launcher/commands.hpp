@@ -16,5 +16,8 @@ void register_render_chat(CLI::App& app, int& exit_code);
 void register_data_preview(CLI::App& app, int& exit_code);
 
 void register_sft(CLI::App& app, int& exit_code);
+void register_head(CLI::App& app, int& exit_code);
+void register_worker(CLI::App& app, int& exit_code);
+void register_actor(CLI::App& app, int& exit_code);
 
 }  // namespace anvil::launcher

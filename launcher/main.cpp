@@ -21,6 +21,9 @@ int main(int argc, char** argv) {
   anvil::launcher::register_render_chat(app, exit_code);
   anvil::launcher::register_data_preview(app, exit_code);
   anvil::launcher::register_sft(app, exit_code);
+  anvil::launcher::register_head(app, exit_code);
+  anvil::launcher::register_worker(app, exit_code);
+  anvil::launcher::register_actor(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

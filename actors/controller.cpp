@@ -1,0 +1,606 @@
+// `anvil head`: the controller. Waits for the workers, places the roles (slime's
+// placement group), has the workers spawn them, drives the RL loop over the role actors,
+// and watches everything: CAF monitors (a dead process is seen within milliseconds),
+// application heartbeats (a stopped or hung one within --heartbeat-timeout-ms), and the
+// workers' reports of their children's exit status. The first failure stops the job:
+// every role and worker is told to stop, the reason names node, role and rank, and the
+// head exits with status 1.
+#include "actors/cluster.hpp"
+#include "actors/protocol.hpp"
+#include "actors/role_actor.hpp"
+
+#include <caf/io/all.hpp>
+#include <nlohmann/json.hpp>
+#include "backends/common/log.hpp"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+namespace anvil::actors {
+
+namespace {
+std::shared_ptr<spdlog::logger> L() { return anvil::log::get("head"); }
+}  // namespace
+namespace {
+
+using timeout_atom = caf::atom_constant<caf::atom("regtimeout")>;
+using finish_atom = caf::atom_constant<caf::atom("finish")>;
+using deferred_fail_atom = caf::atom_constant<caf::atom("deferfail")>;
+
+struct WorkerEntry {
+  caf::actor handle;
+  std::string hostname;
+  int devices = 0;
+  nlohmann::json info;
+  bool down = false;
+};
+
+struct RoleEntry {
+  runtime::RolePlacement placement;
+  caf::actor front;
+  uint64_t pid = 0;
+  nlohmann::json info;  // init's reply
+  bool down = false;
+  std::string exit_description;  // from the worker, when it reported one
+};
+
+struct HeadState {
+  HeadOptions options;
+  std::map<std::string, WorkerEntry> workers;  // by node id
+  std::map<std::string, RoleEntry> roles;      // by "role:rank"
+  std::vector<std::string> role_order;
+  enum class Phase { Workers, Roles, Running, Stopping } phase = Phase::Workers;
+  uint64_t nonce = 0;
+  int64_t rollout = 0;
+  nlohmann::json report = {{"ok", false}, {"rollouts", nlohmann::json::array()}};
+  std::shared_ptr<std::atomic<int>> exit_code;
+  bool failed = false;
+};
+
+std::string key(const std::string& role, int rank) { return role + ":" + std::to_string(rank); }
+
+std::string describe_role(const RoleEntry& r) {
+  std::string s = "role " + r.placement.role + " rank " + std::to_string(r.placement.rank);
+  if (r.pid != 0) s += " (pid " + std::to_string(r.pid) + ")";
+  return s + " on node " + r.placement.node_id;
+}
+
+void write_file_atomically(const std::string& path, const std::string& text) {
+  if (path.empty()) return;
+  std::string tmp = path + ".tmp" + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp);
+    out << text << "\n";
+  }
+  std::filesystem::rename(tmp, path);
+}
+
+class Controller {
+ public:
+  Controller(caf::event_based_actor* self, HeadState* st) : self_(self), st_(st) {}
+
+  caf::behavior make_behavior();
+
+ private:
+  void fail(const std::string& message);
+  void finish_ok();
+  void stop_everything();
+  void maybe_quit();
+  void on_down(const caf::down_msg& d);
+  void heartbeat();
+  void place_and_spawn();
+  void place_in_process();
+  void start_job();
+  void run_rollout();
+  void sync_weights(uint64_t version, nlohmann::json rollout_report);
+  void save_then_continue();
+  void write_metrics(const nlohmann::json& rollout_report);
+  std::vector<RoleEntry*> roles_of(const std::string& role);
+  std::string endpoint(const std::string& role, int rank) {
+    return st_->roles[key(role, rank)].info.value("endpoint", "");
+  }
+  void ask_all(const std::vector<RoleEntry*>& targets, std::function<caf::message(RoleEntry&)> msg,
+               std::function<void(std::vector<nlohmann::json>)> done);
+
+  caf::event_based_actor* self_;
+  HeadState* st_;
+};
+
+std::vector<RoleEntry*> Controller::roles_of(const std::string& role) {
+  std::vector<RoleEntry*> out;
+  for (const auto& k : st_->role_order) {
+    auto& r = st_->roles[k];
+    if (r.placement.role == role) out.push_back(&r);
+  }
+  return out;
+}
+
+void Controller::fail(const std::string& message) {
+  if (st_->failed || st_->phase == HeadState::Phase::Stopping) return;
+  st_->failed = true;
+  *st_->exit_code = 1;
+  L()->error("{}", message);
+  st_->report["ok"] = false;
+  st_->report["error"] = message;
+  write_file_atomically(st_->options.report_file, st_->report.dump(2));
+  stop_everything();
+}
+
+void Controller::finish_ok() {
+  st_->report["ok"] = true;
+  write_file_atomically(st_->options.report_file, st_->report.dump(2));
+  L()->info("job finished: {} rollouts", st_->rollout);
+  stop_everything();
+}
+
+void Controller::stop_everything() {
+  st_->phase = HeadState::Phase::Stopping;
+  for (auto& [k, r] : st_->roles) {
+    if (r.front && !r.down) self_->send(r.front, stop_atom::value);
+  }
+  for (auto& [id, w] : st_->workers) {
+    if (!w.down) self_->send(w.handle, stop_atom::value);
+  }
+  // Workers take their roles down (SIGTERM, then SIGKILL); give them that long.
+  self_->delayed_send(self_, std::chrono::seconds(8), finish_atom::value);
+  maybe_quit();
+}
+
+void Controller::maybe_quit() {
+  if (st_->phase != HeadState::Phase::Stopping) return;
+  for (auto& [id, w] : st_->workers) {
+    if (!w.down) return;
+  }
+  if (st_->options.in_process) {
+    for (auto& [k, r] : st_->roles) {
+      if (r.front && !r.down) return;
+    }
+  }
+  self_->quit();
+}
+
+void Controller::on_down(const caf::down_msg& d) {
+  for (auto& [id, w] : st_->workers) {
+    if (w.handle.address() == d.source && !w.down) {
+      w.down = true;
+      if (st_->phase != HeadState::Phase::Stopping) {
+        fail("worker on node " + id + " (host " + w.hostname +
+             ") is unreachable: its process died or its connection dropped (" +
+             self_->system().render(d.reason) + ")");
+      }
+      maybe_quit();
+      return;
+    }
+  }
+  for (auto& [k, r] : st_->roles) {
+    if (r.front && r.front.address() == d.source && !r.down) {
+      r.down = true;
+      if (st_->phase != HeadState::Phase::Stopping) {
+        // The worker's report of the exit status usually follows within milliseconds;
+        // wait briefly for it so the message can say how the process ended.
+        self_->delayed_send(self_, std::chrono::milliseconds(200), report_atom::value, k);
+      }
+      maybe_quit();
+      return;
+    }
+  }
+}
+
+void Controller::heartbeat() {
+  if (st_->phase == HeadState::Phase::Stopping) return;
+  uint64_t nonce = ++st_->nonce;
+  auto timeout = std::chrono::milliseconds(st_->options.heartbeat_timeout_ms);
+  auto ms = std::to_string(st_->options.heartbeat_timeout_ms);
+  for (auto& [id, w] : st_->workers) {
+    if (w.down) continue;
+    std::string node = id;
+    self_->request(w.handle, timeout, ping_atom::value, nonce)
+        .then([](uint64_t) {},
+              [=, this](caf::error& e) {
+                fail("worker on node " + node + " did not answer a heartbeat within " + ms +
+                     " ms (stopped or hung?): " + error_text(self_->system(), e));
+              });
+  }
+  for (auto& [k, r] : st_->roles) {
+    if (!r.front || r.down) continue;
+    std::string what = describe_role(r);
+    self_->request(r.front, timeout, ping_atom::value, nonce)
+        .then([](uint64_t) {},
+              [=, this](caf::error& e) {
+                fail(what + " did not answer a heartbeat within " + ms +
+                     " ms (stopped or hung?): " + error_text(self_->system(), e));
+              });
+  }
+  self_->delayed_send(self_, std::chrono::milliseconds(st_->options.heartbeat_ms),
+                      heartbeat_atom::value);
+}
+
+void Controller::place_and_spawn() {
+  std::vector<runtime::NodeResources> nodes;
+  for (auto& [id, w] : st_->workers) nodes.push_back({id, w.hostname, w.devices});
+  std::vector<runtime::RolePlacement> placement;
+  try {
+    placement = runtime::place_roles(nodes, st_->options.placement);
+  } catch (const std::exception& e) {
+    fail(std::string("placement: ") + e.what());
+    return;
+  }
+  st_->phase = HeadState::Phase::Roles;
+  nlohmann::json args = st_->options.job_args;
+  for (const auto& p : placement) {
+    std::string k = key(p.role, p.rank);
+    st_->role_order.push_back(k);
+    st_->roles[k].placement = p;
+    std::string devices;
+    for (int d : p.devices) devices += (devices.empty() ? "" : ",") + std::to_string(d);
+    st_->report["placement"].push_back(
+        {{"role", p.role}, {"rank", p.rank}, {"node_id", p.node_id}, {"devices", p.devices}});
+    L()->info("placing role {} rank {} on node {} (devices '{}')", p.role, p.rank, p.node_id,
+              devices);
+    self_
+        ->request(st_->workers[p.node_id].handle, std::chrono::seconds(30), spawn_role_atom::value,
+                  p.role, static_cast<int32_t>(p.rank), devices, args.dump())
+        .then(
+            [=, this](uint64_t pid) {
+              auto& r = st_->roles[k];
+              if (r.pid == 0) r.pid = pid;
+            },
+            [=, this](caf::error& e) { fail(error_text(self_->system(), e)); });
+  }
+}
+
+void Controller::place_in_process() {
+  runtime::NodeResources local{"in-process", "localhost", 1 << 20};
+  std::vector<runtime::RolePlacement> placement;
+  try {
+    placement = runtime::place_roles({local}, st_->options.placement);
+  } catch (const std::exception& e) {
+    fail(std::string("placement: ") + e.what());
+    return;
+  }
+  for (const auto& p : placement) {
+    std::string k = key(p.role, p.rank);
+    st_->role_order.push_back(k);
+    auto& r = st_->roles[k];
+    r.placement = p;
+    r.pid = static_cast<uint64_t>(::getpid());
+    std::shared_ptr<Role> role;
+    try {
+      role = st_->options.make_role(p.role, p.rank);
+    } catch (const std::exception& e) {
+      fail("role " + p.role + " rank " + std::to_string(p.rank) + ": " + e.what());
+      return;
+    }
+    r.front = spawn_role_actor(self_->system(), p.role, p.rank, role, st_->options.token);
+    self_->monitor(r.front);
+    st_->report["placement"].push_back(
+        {{"role", p.role}, {"rank", p.rank}, {"node_id", p.node_id}, {"devices", p.devices}});
+  }
+  start_job();
+}
+
+void Controller::ask_all(const std::vector<RoleEntry*>& targets,
+                         std::function<caf::message(RoleEntry&)> msg,
+                         std::function<void(std::vector<nlohmann::json>)> done) {
+  auto replies = std::make_shared<std::vector<nlohmann::json>>(targets.size());
+  auto pending = std::make_shared<size_t>(targets.size());
+  if (targets.empty()) {
+    done({});
+    return;
+  }
+  for (size_t i = 0; i < targets.size(); ++i) {
+    RoleEntry* r = targets[i];
+    std::string what = describe_role(*r);
+    self_->request(r->front, caf::infinite, msg(*r))
+        .then(
+            [=, this](const std::string& reply) {
+              if (st_->failed) return;
+              try {
+                (*replies)[i] = nlohmann::json::parse(reply);
+              } catch (const std::exception& e) {
+                fail(what + " sent a malformed reply: " + e.what());
+                return;
+              }
+              if (--*pending == 0) done(std::move(*replies));
+            },
+            [=, this](caf::error& e) {
+              // Often the consequence of a peer dying (a push to a killed engine): give the
+              // report of the death itself a moment to arrive and name the real culprit.
+              self_->delayed_send(self_, std::chrono::milliseconds(600), deferred_fail_atom::value,
+                                  error_text(self_->system(), e) + " [" + what + "]");
+            });
+  }
+}
+
+void Controller::start_job() {
+  st_->phase = HeadState::Phase::Running;
+  std::vector<RoleEntry*> all;
+  for (const auto& k : st_->role_order) all.push_back(&st_->roles[k]);
+  ask_all(
+      all, [](RoleEntry&) { return caf::make_message(init_atom::value); },
+      [=, this](std::vector<nlohmann::json> infos) {
+        for (size_t i = 0; i < all.size(); ++i) all[i]->info = infos[i];
+        L()->info("{} roles initialised", all.size());
+        run_rollout();
+      });
+}
+
+void Controller::run_rollout() {
+  if (st_->rollout >= st_->options.num_rollout) {
+    finish_ok();
+    return;
+  }
+  uint64_t k = static_cast<uint64_t>(st_->rollout);
+  auto engines = roles_of("rollout");
+  auto trains = roles_of("train");
+  auto refs = roles_of("ref");
+  uint64_t parts = engines.size();
+  nlohmann::json train_targets = {{"targets", nlohmann::json::array()}};
+  for (auto* t : trains) train_targets["targets"].push_back(t->info.value("endpoint", ""));
+  nlohmann::json gen_targets = train_targets;
+  if (!refs.empty()) {
+    gen_targets = {{"targets", {refs[0]->info.value("endpoint", "")}}};
+  }
+  auto report = std::make_shared<nlohmann::json>(nlohmann::json{{"rollout", k}});
+  auto pending = std::make_shared<int>(refs.empty() ? 2 : 3);
+  auto step_done = [=, this]() {
+    if (--*pending == 0) sync_weights(k + 1, *report);
+  };
+  ask_all(
+      engines,
+      [=, this](RoleEntry& r) {
+        return caf::make_message(generate_atom::value, k * parts + r.placement.rank,
+                                 gen_targets.dump());
+      },
+      [=, this](std::vector<nlohmann::json> replies) {
+        (*report)["generate"] = replies;
+        step_done();
+      });
+  if (!refs.empty()) {
+    // The ref role takes each engine's part in turn and forwards it with ref log-probs.
+    auto next_part = std::make_shared<std::function<void(uint64_t)>>();
+    *next_part = [=, this](uint64_t e) {
+      if (e == parts) {
+        step_done();
+        return;
+      }
+      ask_all(
+          refs,
+          [=, this](RoleEntry&) {
+            return caf::make_message(compute_ref_atom::value, k * parts + e, train_targets.dump());
+          },
+          [=, this](std::vector<nlohmann::json> replies) {
+            (*report)["ref"].push_back(replies[0]);
+            (*next_part)(e + 1);
+          });
+    };
+    (*next_part)(0);
+  }
+  ask_all(
+      trains,
+      [=, this](RoleEntry&) { return caf::make_message(train_atom::value, k * parts, parts); },
+      [=, this](std::vector<nlohmann::json> replies) {
+        (*report)["train"] = replies;
+        step_done();
+      });
+}
+
+void Controller::sync_weights(uint64_t version, nlohmann::json rollout_report) {
+  auto syncs = roles_of("weight-sync");
+  auto trains = roles_of("train");
+  auto engines = roles_of("rollout");
+  if (syncs.empty() || trains.empty()) {
+    fail("no weight-sync or train role to move weight version " + std::to_string(version));
+    return;
+  }
+  const std::string& train_node = trains[0]->placement.node_id;
+  nlohmann::json plan = {{"targets", nlohmann::json::array()}};
+  std::vector<caf::actor> engine_handles;
+  for (auto* e : engines) {
+    plan["targets"].push_back({{"endpoint", e->info.value("endpoint", "")},
+                               {"shared_memory", e->placement.node_id == train_node}});
+    engine_handles.push_back(e->front);
+  }
+  caf::actor train0 = trains[0]->front;
+  ask_all(
+      {syncs[0]},
+      [=, this](RoleEntry&) {
+        return caf::make_message(sync_weights_atom::value, version, train0, engine_handles,
+                                 plan.dump());
+      },
+      [=, this](std::vector<nlohmann::json> replies) mutable {
+        rollout_report["sync"] = replies[0];
+        write_metrics(rollout_report);
+        L()->info(
+            "rollout {} trained; weight version {} (checksum {}) now on {} "
+            "engines",
+            st_->rollout, version, replies[0].value("checksum", 0u), replies[0]["engines"].size());
+        st_->report["rollouts"].push_back(rollout_report);
+        ++st_->rollout;
+        const auto& o = st_->options;
+        bool last = st_->rollout == o.num_rollout;
+        if (!o.save_dir.empty() &&
+            ((o.save_interval > 0 && st_->rollout % o.save_interval == 0) || last)) {
+          save_then_continue();
+        } else {
+          run_rollout();
+        }
+      });
+}
+
+void Controller::save_then_continue() {
+  // Train rank 0 holds the full model while the group has one rank (see TrainRole::init).
+  auto trains = roles_of("train");
+  ask_all(
+      {trains[0]},
+      [=, this](RoleEntry&) { return caf::make_message(save_atom::value, st_->options.save_dir); },
+      [=, this](std::vector<nlohmann::json> replies) {
+        L()->info("checkpoint {} written under {}", replies[0].value("iteration", 0),
+                  st_->options.save_dir);
+        st_->report["checkpoints"].push_back(replies[0]);
+        run_rollout();
+      });
+}
+
+void Controller::write_metrics(const nlohmann::json& rollout_report) {
+  if (st_->options.metrics_jsonl.empty()) return;
+  std::ofstream out(st_->options.metrics_jsonl, std::ios::app);
+  for (const auto& t : rollout_report.value("train", nlohmann::json::array())) {
+    int64_t step = 0;
+    for (const auto& m : t.value("steps", nlohmann::json::array())) {
+      nlohmann::json line = m;
+      line["rollout"] = rollout_report.value("rollout", 0);
+      line["step"] = step++;
+      line["rank"] = t.value("rank", 0);
+      line["weight_version"] = t.value("weight_version", 0);
+      out << line.dump() << "\n";
+    }
+  }
+}
+
+caf::behavior Controller::make_behavior() {
+  self_->set_down_handler([this](caf::down_msg& d) { on_down(d); });
+  self_->set_exit_handler([this](caf::exit_msg& m) {
+    if (m.reason != caf::exit_reason::normal) self_->quit(m.reason);
+  });
+  self_->delayed_send(self_, std::chrono::milliseconds(st_->options.register_timeout_ms),
+                      timeout_atom::value);
+  self_->send(self_, heartbeat_atom::value);
+  if (st_->options.in_process) self_->send(self_, init_atom::value);
+  return {
+      [this](init_atom) { place_in_process(); },
+      [this](heartbeat_atom) { heartbeat(); },
+      [this](deferred_fail_atom, const std::string& message) { fail(message); },
+      [this](finish_atom) {
+        for (auto& [id, w] : st_->workers) {
+          if (!w.down) L()->warn("worker {} did not stop in time", id);
+        }
+        self_->quit();
+      },
+      [this](timeout_atom) {
+        if (st_->phase == HeadState::Phase::Workers) {
+          fail("waited " + std::to_string(st_->options.register_timeout_ms) + " ms for " +
+               std::to_string(st_->options.workers) + " workers, " +
+               std::to_string(st_->workers.size()) + " registered");
+        } else if (st_->phase == HeadState::Phase::Roles) {
+          std::string missing;
+          for (auto& [k, r] : st_->roles) {
+            if (!r.front) missing += (missing.empty() ? "" : ", ") + describe_role(r);
+          }
+          fail("roles did not register within " + std::to_string(st_->options.register_timeout_ms) +
+               " ms: " + missing);
+        }
+      },
+      [this](report_atom, const std::string& k) {
+        auto& r = st_->roles[k];
+        if (!r.exit_description.empty()) {
+          fail(describe_role(r) + " " + r.exit_description);
+        } else {
+          fail(describe_role(r) + " is unreachable: its connection to the head was lost");
+        }
+      },
+      [this](reg_worker_atom, const std::string& token, const std::string& node_json,
+             caf::actor worker) -> caf::result<std::string> {
+        if (token != st_->options.token) {
+          L()->warn("refused a worker with a wrong job token");
+          return caf::make_error(caf::sec::runtime_error, "wrong job token");
+        }
+        if (st_->phase != HeadState::Phase::Workers) {
+          return caf::make_error(
+              caf::sec::runtime_error,
+              "the job already has its " + std::to_string(st_->workers.size()) + " workers");
+        }
+        nlohmann::json node;
+        try {
+          node = nlohmann::json::parse(node_json);
+        } catch (const std::exception& e) {
+          return caf::make_error(caf::sec::runtime_error,
+                                 std::string("malformed node description: ") + e.what());
+        }
+        std::string id = node.value("node_id", "");
+        int devices = node.value("devices", -1);
+        if (id.empty() || devices < 0 || st_->workers.count(id) != 0) {
+          return caf::make_error(caf::sec::runtime_error,
+                                 "node description needs a new node_id and devices >= 0");
+        }
+        st_->workers[id] = {worker, node.value("hostname", ""), devices, node, false};
+        self_->monitor(worker);
+        L()->info("worker {} registered ({} devices, {}/{} workers)", id, devices,
+                  st_->workers.size(), st_->options.workers);
+        if (static_cast<int>(st_->workers.size()) == st_->options.workers) place_and_spawn();
+        return std::string("ok");
+      },
+      [this](reg_role_atom, const std::string& token, const std::string& role, int32_t rank,
+             const std::string& node_id, uint64_t pid,
+             caf::actor front) -> caf::result<std::string> {
+        if (token != st_->options.token) {
+          L()->warn("refused a role with a wrong job token");
+          return caf::make_error(caf::sec::runtime_error, "wrong job token");
+        }
+        std::string k = key(role, rank);
+        auto it = st_->roles.find(k);
+        if (it == st_->roles.end() || it->second.front || it->second.placement.node_id != node_id) {
+          return caf::make_error(caf::sec::runtime_error, "role " + role + " rank " +
+                                                              std::to_string(rank) + " on node " +
+                                                              node_id + " was not expected");
+        }
+        it->second.front = front;
+        it->second.pid = pid;
+        self_->monitor(front);
+        bool all = true;
+        for (auto& [kk, r] : st_->roles) all = all && static_cast<bool>(r.front);
+        if (all && st_->phase == HeadState::Phase::Roles) start_job();
+        return std::string("ok");
+      },
+      [this](child_exit_atom, const std::string& role, int32_t rank, const std::string& node_id,
+             uint64_t pid, const std::string& description, bool requested) {
+        auto it = st_->roles.find(key(role, rank));
+        if (it == st_->roles.end()) return;
+        it->second.exit_description = description;
+        if (it->second.pid == 0) it->second.pid = pid;
+        if (!requested && st_->phase != HeadState::Phase::Stopping) {
+          fail(describe_role(it->second) + " " + description);
+        }
+        (void)node_id;
+      },
+  };
+}
+
+}  // namespace
+
+int run_head(const HeadOptions& options) {
+  caf::actor_system_config cfg;
+  configure_caf(cfg, options.token, options.heartbeat_ms, 4 * options.heartbeat_ms + 2000);
+  caf::actor_system sys{cfg};
+  auto exit_code = std::make_shared<std::atomic<int>>(0);
+  auto state = std::make_shared<HeadState>();
+  state->options = options;
+  state->exit_code = exit_code;
+  auto controller = sys.spawn([state](caf::event_based_actor* self) {
+    auto c = std::make_shared<Controller>(self, state.get());
+    self->attach_functor([c, state] {});
+    return c->make_behavior();
+  });
+  if (!options.in_process) {
+    auto port = sys.middleman().publish(controller, static_cast<uint16_t>(options.port),
+                                        options.listen_host.c_str(), /*reuse_addr=*/false);
+    if (!port) {
+      L()->error("cannot listen on {}:{}: {}", options.listen_host, options.port,
+                 sys.render(port.error()));
+      caf::anon_send_exit(controller, caf::exit_reason::user_shutdown);
+      return 1;
+    }
+    L()->info("listening on {}:{}, waiting for {} workers", options.listen_host, *port,
+              options.workers);
+    write_file_atomically(options.port_file, std::to_string(*port));
+  }
+  sys.await_all_actors_done();
+  return exit_code->load();
+}
+
+}  // namespace anvil::actors

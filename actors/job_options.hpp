@@ -1,0 +1,44 @@
+// What a job runs: the options every role process is started with. The launcher fills it
+// from flags (launcher/job_flags.cpp: slime's names, one definition of each default) and
+// forwards the same flags to every `anvil actor` it spawns.
+#pragma once
+
+#include "backends/train/trainer.hpp"
+#include "rollout/data/prompt_source.hpp"
+#include "runtime/placement.hpp"
+
+#include <cstdint>
+#include <string>
+
+namespace anvil::actors {
+
+struct RolloutOptions {
+  int64_t rollout_batch_size = 4;    // --rollout-batch-size: prompts per rollout
+  int64_t n_samples_per_prompt = 2;  // --n-samples-per-prompt
+  int64_t max_response_len = 16;     // --rollout-max-response-len
+  double top_p = 1.0;                // --rollout-top-p
+  int64_t top_k = 0;                 // --rollout-top-k (0 = off)
+  uint64_t sampling_seed = 0;        // --rollout-sampling-seed
+};
+
+struct JobOptions {
+  std::string model;              // --model: HF directory (policy, reference and engines)
+  std::string dtype = "float32";  // --dtype
+  data::DataOptions data;
+  train::TrainerOptions train;
+  RolloutOptions rollout;
+  runtime::PlacementRequest placement;
+  std::string train_backend = "fsdp";    // --train-backend fsdp|megatron
+  int64_t num_rollout = 1;               // --num-rollout
+  std::string save;                      // --save: checkpoint directory (train rank 0)
+  int64_t save_interval = 0;             // --save-interval: rollouts between checkpoints
+  std::string metrics_jsonl;             // --metrics-jsonl: per-step metrics (the head writes)
+  int64_t transfer_timeout_ms = 600000;  // --transfer-timeout-ms: gRPC deadline and waits
+  bool disable_rewards_normalization = false;   // --disable-rewards-normalization
+  bool disable_grpo_std_normalization = false;  // --disable-grpo-std-normalization
+
+  // The reference model is needed for the KL loss or KL reward shaping.
+  bool use_ref() const { return train.loss.use_kl_loss || train.advantage.kl_coef != 0.0; }
+};
+
+}  // namespace anvil::actors

@@ -1,0 +1,233 @@
+#include "actors/role_actor.hpp"
+
+#include "actors/cluster.hpp"
+#include "actors/role.hpp"
+
+#include <caf/io/all.hpp>
+#include <nlohmann/json.hpp>
+#include "backends/common/log.hpp"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <functional>
+
+namespace anvil::actors {
+
+namespace {
+std::shared_ptr<spdlog::logger> L() { return anvil::log::get("actor"); }
+}  // namespace
+
+namespace {
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+caf::error role_error(const std::string& text) {
+  return caf::make_error(caf::sec::runtime_error, text);
+}
+
+// Runs `f` and turns an exception into an error naming the role.
+caf::result<std::string> guarded(const std::string& label, const std::function<std::string()>& f) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    L()->error("{}: {}", label, e.what());
+    return role_error(label + ": " + e.what());
+  }
+}
+
+caf::behavior compute_actor(caf::event_based_actor* self, std::shared_ptr<Role> role,
+                            std::string label) {
+  auto need = [label, role](const char* op) {
+    if (!role) throw std::runtime_error(std::string("does not handle '") + op + "'");
+    return role.get();
+  };
+  return {
+      [=](init_atom) {
+        return guarded(label, [&] {
+          if (!role) return nlohmann::json{{"role", "weight-sync"}, {"endpoint", ""}}.dump();
+          return role->init();
+        });
+      },
+      [=](generate_atom, uint64_t id, const std::string& targets) {
+        return guarded(label, [&] { return need("generate")->generate(id, targets); });
+      },
+      [=](compute_ref_atom, uint64_t id, const std::string& targets) {
+        return guarded(label, [&] { return need("compute-ref")->compute_ref(id, targets); });
+      },
+      [=](train_atom, uint64_t first, uint64_t parts) {
+        return guarded(label, [&] { return need("train")->train(first, parts); });
+      },
+      [=](push_weights_atom, uint64_t version, const std::string& targets) {
+        return guarded(label,
+                       [&] { return need("update-weights")->push_weights(version, targets); });
+      },
+      [=](version_atom) { return guarded(label, [&] { return need("version")->version(); }); },
+      [=](save_atom, const std::string& dir) {
+        return guarded(label, [&] { return need("save")->save(dir); });
+      },
+      [=](offload_atom) { return guarded(label, [&] { return need("offload")->offload(); }); },
+      [=](onload_atom) { return guarded(label, [&] { return need("onload")->onload(); }); },
+      // weight-sync: train rank 0 pushes `version` to every engine (shared memory on its own
+      // node, gRPC chunks elsewhere); then each engine is asked which version and checksum
+      // it holds, and both must equal what train rank 0 pushed.
+      [=](sync_weights_atom, uint64_t version, caf::actor train0, std::vector<caf::actor> engines,
+          const std::string& plan) -> caf::result<std::string> {
+        auto rp = self->make_response_promise<std::string>();
+        self->request(train0, caf::infinite, push_weights_atom::value, version, plan)
+            .then(
+                [=](const std::string& pushed) mutable {
+                  auto report = std::make_shared<nlohmann::json>(nlohmann::json::parse(pushed));
+                  (*report)["engines"] = nlohmann::json::array();
+                  auto ask = std::make_shared<std::function<void(size_t)>>();
+                  *ask = [=](size_t i) mutable {
+                    if (i == engines.size()) {
+                      rp.deliver(report->dump());
+                      return;
+                    }
+                    self->request(engines[i], std::chrono::seconds(60), version_atom::value)
+                        .then(
+                            [=](const std::string& held) mutable {
+                              auto h = nlohmann::json::parse(held);
+                              (*report)["engines"].push_back(h);
+                              if (h["weight_version"] != (*report)["weight_version"] ||
+                                  h["checksum"] != (*report)["checksum"]) {
+                                rp.deliver(role_error(
+                                    label + ": rollout engine " + std::to_string(i) +
+                                    " holds weight version " + h["weight_version"].dump() +
+                                    " with checksum " + h["checksum"].dump() +
+                                    ", train rank 0 pushed version " +
+                                    (*report)["weight_version"].dump() + " with checksum " +
+                                    (*report)["checksum"].dump()));
+                                return;
+                              }
+                              (*ask)(i + 1);
+                            },
+                            [=](caf::error& e) mutable {
+                              rp.deliver(
+                                  role_error(label + ": rollout engine " + std::to_string(i) +
+                                             " version query: " + error_text(self->system(), e)));
+                            });
+                  };
+                  (*ask)(0);
+                },
+                [=](caf::error& e) mutable {
+                  rp.deliver(role_error(label + ": train rank 0 push of version " +
+                                        std::to_string(version) + ": " +
+                                        error_text(self->system(), e)));
+                });
+        return rp;
+      },
+  };
+}
+
+caf::behavior front_actor(caf::event_based_actor* self, caf::actor compute) {
+  self->link_to(compute);
+  return {
+      [=](ping_atom, uint64_t nonce) { return nonce; },
+      [=](init_atom a) { return self->delegate(compute, a); },
+      [=](generate_atom a, uint64_t id, const std::string& t) {
+        return self->delegate(compute, a, id, t);
+      },
+      [=](compute_ref_atom a, uint64_t id, const std::string& t) {
+        return self->delegate(compute, a, id, t);
+      },
+      [=](train_atom a, uint64_t first, uint64_t parts) {
+        return self->delegate(compute, a, first, parts);
+      },
+      [=](push_weights_atom a, uint64_t v, const std::string& t) {
+        return self->delegate(compute, a, v, t);
+      },
+      [=](version_atom a) { return self->delegate(compute, a); },
+      [=](save_atom a, const std::string& dir) { return self->delegate(compute, a, dir); },
+      [=](offload_atom a) { return self->delegate(compute, a); },
+      [=](onload_atom a) { return self->delegate(compute, a); },
+      [=](sync_weights_atom a, uint64_t v, caf::actor train0, std::vector<caf::actor> engines,
+          const std::string& plan) { return self->delegate(compute, a, v, train0, engines, plan); },
+      [=](stop_atom) {
+        self->send_exit(compute, caf::exit_reason::user_shutdown);
+        self->quit();
+      },
+  };
+}
+
+}  // namespace
+
+void configure_caf(caf::actor_system_config& cfg, const std::string& token, int heartbeat_ms,
+                   int timeout_ms) {
+  cfg.load<caf::io::middleman>();
+  char id[64];
+  std::snprintf(id, sizeof(id), "anvil-job-%016llx",
+                static_cast<unsigned long long>(fnv1a("anvil:" + token)));
+  cfg.set("middleman.app-identifiers", std::vector<std::string>{id});
+  cfg.set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds(heartbeat_ms)});
+  cfg.set("middleman.connection-timeout", caf::timespan{std::chrono::milliseconds(timeout_ms)});
+  cfg.set("logger.verbosity", caf::atom("quiet"));
+}
+
+std::string error_text(caf::actor_system& sys, const caf::error& err) {
+  const caf::message& ctx = err.context();
+  if (ctx.size() >= 1 && ctx.match_element<std::string>(ctx.size() - 1)) {
+    return ctx.get_as<std::string>(ctx.size() - 1);
+  }
+  if (err == caf::sec::request_timeout) return "request timed out";
+  return sys.render(err);
+}
+
+caf::actor spawn_role_actor(caf::actor_system& sys, const std::string& role_name, int rank,
+                            std::shared_ptr<Role> role, const std::string&) {
+  std::string label = "role " + role_name + " rank " + std::to_string(rank);
+  auto compute = sys.spawn<caf::detached>(compute_actor, std::move(role), label);
+  return sys.spawn(front_actor, compute);
+}
+
+int run_role_process(const RoleProcessOptions& o, std::shared_ptr<Role> role) {
+  caf::actor_system_config cfg;
+  configure_caf(cfg, o.token, o.heartbeat_ms, 4 * o.heartbeat_ms + 2000);
+  caf::actor_system sys{cfg};
+  std::string label = "role " + o.role + " rank " + std::to_string(o.rank);
+  auto head = sys.middleman().remote_actor(o.head_host, static_cast<uint16_t>(o.head_port));
+  if (!head) {
+    L()->error("{}: cannot reach the head at {}:{}: {}", label, o.head_host, o.head_port,
+               sys.render(head.error()));
+    return 1;
+  }
+  caf::actor front = spawn_role_actor(sys, o.role, o.rank, std::move(role), o.token);
+  int code = 0;
+  {
+    caf::scoped_actor self{sys};
+    bool registered = false;
+    self->request(*head, std::chrono::seconds(30), reg_role_atom::value, o.token, o.role,
+                  static_cast<int32_t>(o.rank), o.node_id, static_cast<uint64_t>(::getpid()), front)
+        .receive([&](const std::string&) { registered = true; },
+                 [&](caf::error& e) {
+                   L()->error("{}: the head refused registration: {}", label, error_text(sys, e));
+                 });
+    if (!registered) {
+      self->send(front, stop_atom::value);
+      return 1;
+    }
+    self->monitor(*head);
+    self->monitor(front);
+    bool done = false;
+    while (!done) {
+      self->receive([&](caf::down_msg& d) {
+        if (d.source == head->address()) {
+          // The compute actor may be blocked in a long call; nothing here is worth waiting for.
+          L()->error("{}: lost the head ({}); exiting", label, sys.render(d.reason));
+          L()->flush();
+          std::_Exit(1);
+        }
+        done = true;
+      });
+    }
+  }
+  return code;
+}
+
+}  // namespace anvil::actors

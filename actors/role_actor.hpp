@@ -1,0 +1,24 @@
+// The CAF side of a role: a front actor (answers heartbeats, delegates the rest) and a
+// detached compute actor that owns the Role object and calls it. Used by role processes
+// and by the head's --in-process mode alike.
+#pragma once
+
+#include "actors/protocol.hpp"
+
+#include <memory>
+#include <string>
+
+namespace anvil::actors {
+
+class Role;
+
+// Spawns the pair for `role_name` rank `rank`; `role` is nullptr for weight-sync. The
+// front quits (and takes the compute actor with it) on `stop`.
+caf::actor spawn_role_actor(caf::actor_system& sys, const std::string& role_name, int rank,
+                            std::shared_ptr<Role> role, const std::string& token);
+
+// The text of an error a role or peer returned: the message it carries, else CAF's own
+// rendering.
+std::string error_text(caf::actor_system& sys, const caf::error& err);
+
+}  // namespace anvil::actors

@@ -1,0 +1,53 @@
+// anvil worker --head HOST:PORT [--devices N] [--node-id ID] [--log-dir DIR] [--token-file F]
+//
+// The per-node daemon (actors/worker.cpp): registers this node's resources with the
+// head, spawns `anvil actor` processes on request and supervises them.
+#include "actors/cluster.hpp"
+#include "backends/common/error.hpp"
+#include "launcher/commands.hpp"
+#include "launcher/job_flags.hpp"
+
+#include <CLI/CLI.hpp>
+
+namespace anvil::launcher {
+namespace {
+
+struct WorkerArgs {
+  std::string head, token_file;
+  actors::WorkerOptions worker;
+};
+
+int run_worker_cmd(WorkerArgs& a) {
+  auto colon = a.head.rfind(':');
+  if (colon == std::string::npos || colon == 0) fail("--head must be HOST:PORT, got '{}'", a.head);
+  a.worker.head_host = a.head.substr(0, colon);
+  try {
+    a.worker.head_port = std::stoi(a.head.substr(colon + 1));
+  } catch (const std::exception&) {
+    fail("--head: bad port in '{}'", a.head);
+  }
+  if (a.worker.head_port <= 0 || a.worker.head_port > 65535)
+    fail("--head: bad port in '{}'", a.head);
+  if (a.worker.devices < 0) fail("--devices must be >= 0, got {}", a.worker.devices);
+  a.worker.token = load_job_token(a.token_file, /*create=*/false);
+  return actors::run_worker(a.worker);
+}
+
+}  // namespace
+
+void register_worker(CLI::App& app, int& exit_code) {
+  auto* cmd = app.add_subcommand("worker", "Run a node daemon that spawns role processes");
+  auto a = std::make_shared<WorkerArgs>();
+  cmd->add_option("--head", a->head, "The head's HOST:PORT")->required();
+  cmd->add_option("--token-file", a->token_file, "Job token file (or set ANVIL_JOB_TOKEN)");
+  cmd->add_option("--devices", a->worker.devices,
+                  "Device bundles this node offers (GPUs, or CPU device slots)")
+      ->capture_default_str();
+  cmd->add_option("--node-id", a->worker.node_id, "Node name (default hostname/pid)");
+  cmd->add_option("--log-dir", a->worker.log_dir, "Where role process logs go");
+  cmd->add_option("--connect-timeout-ms", a->worker.connect_timeout_ms)->capture_default_str();
+  cmd->add_option("--heartbeat-ms", a->worker.heartbeat_ms)->capture_default_str();
+  cmd->callback([a, &exit_code] { exit_code = run_worker_cmd(*a); });
+}
+
+}  // namespace anvil::launcher

@@ -1,0 +1,148 @@
+#include "launcher/job_flags.hpp"
+
+#include "backends/common/error.hpp"
+#include "launcher/data_flags.hpp"
+#include "launcher/train_flags.hpp"
+
+#include <CLI/CLI.hpp>
+#include <fcntl.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+namespace anvil::launcher {
+
+void add_job_flags(CLI::App& cmd, actors::JobOptions& job) {
+  cmd.add_option("--model", job.model, "HuggingFace model directory (policy, ref, engines)");
+  cmd.add_option("--dtype", job.dtype, "float32 | bfloat16 | float16")->capture_default_str();
+  add_data_flags(cmd, job.data);
+  add_train_flags(cmd, job.train);
+  auto& r = job.rollout;
+  cmd.add_option("--rollout-batch-size", r.rollout_batch_size, "Prompts per rollout")
+      ->capture_default_str();
+  cmd.add_option("--n-samples-per-prompt", r.n_samples_per_prompt, "Samples per prompt (group)")
+      ->capture_default_str();
+  cmd.add_option("--rollout-max-response-len", r.max_response_len, "Response token limit")
+      ->capture_default_str();
+  cmd.add_option("--rollout-top-p", r.top_p)->capture_default_str();
+  cmd.add_option("--rollout-top-k", r.top_k, "0 = off")->capture_default_str();
+  cmd.add_option("--rollout-sampling-seed", r.sampling_seed)->capture_default_str();
+  auto& p = job.placement;
+  cmd.add_option("--actor-num-nodes", p.actor_num_nodes, "Nodes of the train group")
+      ->capture_default_str();
+  cmd.add_option("--actor-num-gpus-per-node", p.actor_num_gpus_per_node,
+                 "Train ranks per node (GPUs, or CPU device slots)")
+      ->capture_default_str();
+  cmd.add_option("--rollout-num-gpus", p.rollout_num_gpus, "Devices for all rollout engines")
+      ->capture_default_str();
+  cmd.add_option("--rollout-num-gpus-per-engine", p.rollout_num_gpus_per_engine)
+      ->capture_default_str();
+  cmd.add_flag("--colocate", p.colocate, "Train and rollout share the devices");
+  cmd.add_option("--train-backend", job.train_backend, "fsdp | megatron")
+      ->check(CLI::IsMember({"fsdp", "megatron"}))
+      ->capture_default_str();
+  cmd.add_option("--num-rollout", job.num_rollout, "Rollouts (RL steps) to run")
+      ->capture_default_str();
+  cmd.add_option("--save", job.save, "Checkpoint directory (written by train rank 0)");
+  cmd.add_option("--save-interval", job.save_interval,
+                 "Rollouts between checkpoints (0: only at the end when --save is given)")
+      ->capture_default_str();
+  cmd.add_option("--metrics-jsonl", job.metrics_jsonl, "Per-step training metrics (JSONL)");
+  cmd.add_option("--transfer-timeout-ms", job.transfer_timeout_ms,
+                 "Deadline of each gRPC transfer and wait for a rollout")
+      ->capture_default_str();
+  cmd.add_flag("--disable-rewards-normalization", job.disable_rewards_normalization);
+  cmd.add_flag("--disable-grpo-std-normalization", job.disable_grpo_std_normalization);
+}
+
+void parse_job_args(const std::vector<std::string>& args, actors::JobOptions& job,
+                    const std::string& where) {
+  CLI::App app{"job flags"};
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  add_job_flags(app, job);
+  std::vector<std::string> reversed(args.rbegin(), args.rend());
+  try {
+    app.parse(reversed);
+  } catch (const CLI::ParseError& e) {
+    fail("{}: {}", where, e.what());
+  }
+  job.placement.use_ref = job.use_ref();
+  int64_t per_rollout = job.rollout.rollout_batch_size * job.rollout.n_samples_per_prompt;
+  int64_t gbs = std::max<int64_t>(job.train.schedule.global_batch_size, 1);
+  finish_train_flags(app, job.train, std::max<int64_t>(job.num_rollout * per_rollout / gbs, 1));
+  if (job.num_rollout < 0) fail("{}: --num-rollout must be >= 0", where);
+  if (job.save_interval < 0) fail("{}: --save-interval must be >= 0", where);
+}
+
+std::vector<std::string> yaml_job_args(const std::string& path,
+                                       const std::vector<std::string>& skip) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const std::exception& e) {
+    fail("config {}: {}", path, e.what());
+  }
+  if (root.IsNull()) return {};
+  if (!root.IsMap()) fail("config {}: the top level must be a map of flag names to values", path);
+  std::vector<std::string> args;
+  for (const auto& kv : root) {
+    std::string key = kv.first.as<std::string>();
+    while (!key.empty() && key[0] == '-') key.erase(0, 1);
+    std::replace(key.begin(), key.end(), '_', '-');
+    std::string flag = "--" + key;
+    if (std::find(skip.begin(), skip.end(), flag) != skip.end()) continue;
+    const YAML::Node& v = kv.second;
+    if (v.IsScalar()) {
+      std::string s = v.as<std::string>();
+      if (s == "true" || s == "True") {
+        args.push_back(flag);
+      } else if (s != "false" && s != "False") {
+        args.push_back(flag);
+        args.push_back(s);
+      }
+    } else if (v.IsSequence()) {
+      args.push_back(flag);
+      for (const auto& item : v) {
+        if (!item.IsScalar()) fail("config {}: key '{}': list items must be scalars", path, key);
+        args.push_back(item.as<std::string>());
+      }
+    } else {
+      fail("config {}: key '{}': value must be a scalar or a list", path, key);
+    }
+  }
+  return args;
+}
+
+std::string load_job_token(const std::string& token_file, bool create) {
+  if (!token_file.empty() && std::filesystem::exists(token_file)) {
+    std::ifstream in(token_file);
+    std::string token;
+    std::getline(in, token);
+    if (token.empty()) fail("--token-file {}: empty", token_file);
+    return token;
+  }
+  if (const char* env = std::getenv("ANVIL_JOB_TOKEN"); env != nullptr && *env != '\0') {
+    return env;
+  }
+  if (!create) fail("no job token: give --token-file FILE or set ANVIL_JOB_TOKEN");
+  std::random_device rd;
+  std::string token;
+  const char* hex = "0123456789abcdef";
+  for (int i = 0; i < 32; ++i) token += hex[rd() % 16];
+  if (!token_file.empty()) {
+    int fd = ::open(token_file.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+    if (fd < 0) fail("--token-file {}: cannot create", token_file);
+    std::string line = token + "\n";
+    bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+    ::close(fd);
+    if (!ok) fail("--token-file {}: write failed", token_file);
+  }
+  return token;
+}
+
+}  // namespace anvil::launcher
