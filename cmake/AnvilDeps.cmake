@@ -12,7 +12,8 @@ add_library(anvil::pcre2 ALIAS PkgConfig::PCRE2)
 pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
 add_library(anvil::utf8proc ALIAS PkgConfig::UTF8PROC)
 
-# CLI11 and cpp-httplib are header-only.
+# CLI11 is header-only; Debian builds cpp-httplib's definitions into libcpp-httplib.so
+# (its httplib.h only declares them), so link that library when it exists.
 find_path(CLI11_INCLUDE_DIR CLI/CLI.hpp REQUIRED)
 add_library(anvil_cli11 INTERFACE)
 target_include_directories(anvil_cli11 SYSTEM INTERFACE ${CLI11_INCLUDE_DIR})
@@ -21,6 +22,10 @@ add_library(anvil::cli11 ALIAS anvil_cli11)
 find_path(HTTPLIB_INCLUDE_DIR httplib.h REQUIRED)
 add_library(anvil_httplib INTERFACE)
 target_include_directories(anvil_httplib SYSTEM INTERFACE ${HTTPLIB_INCLUDE_DIR})
+find_library(HTTPLIB_LIB cpp-httplib)
+if(HTTPLIB_LIB)
+  target_link_libraries(anvil_httplib INTERFACE ${HTTPLIB_LIB})
+endif()
 target_link_libraries(anvil_httplib INTERFACE Threads::Threads)
 add_library(anvil::httplib ALIAS anvil_httplib)
 

@@ -11,6 +11,7 @@ namespace anvil::launcher {
 void register_init_model(CLI::App& app, int& exit_code);
 void register_score(CLI::App& app, int& exit_code);
 void register_generate(CLI::App& app, int& exit_code);
+void register_serve(CLI::App& app, int& exit_code);
 void register_tokenize(CLI::App& app, int& exit_code);
 void register_render_chat(CLI::App& app, int& exit_code);
 void register_data_preview(CLI::App& app, int& exit_code);

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   anvil::launcher::register_init_model(app, exit_code);
   anvil::launcher::register_score(app, exit_code);
   anvil::launcher::register_generate(app, exit_code);
+  anvil::launcher::register_serve(app, exit_code);
   anvil::launcher::register_tokenize(app, exit_code);
   anvil::launcher::register_render_chat(app, exit_code);
   anvil::launcher::register_data_preview(app, exit_code);

@@ -187,7 +187,7 @@ const at::Tensor& DecoderModel::p(int index) const {
 
 at::Tensor DecoderModel::attention(int layer, const at::Tensor& x, const PackedBatch& batch,
                                    const at::Tensor& cos, const at::Tensor& sin,
-                                   const std::vector<int64_t>& past, KVCache* cache) const {
+                                   const std::vector<int64_t>& past, KVStore* cache) const {
   const LayerIndex& w = layers_[layer];
   const int64_t T = x.size(0);
   const int64_t D = config_.head_dim;
@@ -253,7 +253,7 @@ at::Tensor DecoderModel::attention(int layer, const at::Tensor& x, const PackedB
   return at::linear(attn, p(w.o_w), p(w.o_b));
 }
 
-at::Tensor DecoderModel::forward_hidden(const PackedBatch& batch, KVCache* cache) const {
+at::Tensor DecoderModel::forward_hidden(const PackedBatch& batch, KVStore* cache) const {
   const int64_t T = batch.tokens.size(0);
   int64_t total = std::accumulate(batch.seq_lens.begin(), batch.seq_lens.end(), int64_t{0});
   if (total != T || batch.positions.size(0) != T) {
@@ -343,7 +343,7 @@ at::Tensor DecoderModel::logits(const at::Tensor& hidden) const {
   return at::linear(hidden, lm_head_weight());
 }
 
-at::Tensor DecoderModel::forward(const PackedBatch& batch, KVCache* cache) const {
+at::Tensor DecoderModel::forward(const PackedBatch& batch, KVStore* cache) const {
   return logits(forward_hidden(batch, cache));
 }
 

@@ -36,19 +36,33 @@ struct PackedBatch {
                           const at::Device& device);
 };
 
+// Where attention keeps the keys and values of earlier tokens, per sequence ("slot").
+// forward_hidden() calls, for each sequence of a batch: length() once, append() once per
+// layer, then commit() once after the last layer. Implementations: KVCache (contiguous,
+// below) and the rollout engine's paged cache (rollout/engine/kv_pool.hpp).
+class KVStore {
+ public:
+  virtual ~KVStore() = default;
+  // Tokens cached for `slot` (committed by earlier forwards).
+  virtual int64_t length(int64_t slot) const = 0;
+  // Appends k/v ([Nkv, n, D]) for `slot` at `layer`; returns the full cached K and V
+  // ([Nkv, L+n, D]). The slot's length advances after the last layer (commit()).
+  virtual std::pair<at::Tensor, at::Tensor> append(int64_t layer, int64_t slot, const at::Tensor& k,
+                                                   const at::Tensor& v) = 0;
+  virtual void commit(int64_t slot, int64_t n) = 0;
+};
+
 // A contiguous per-sequence key/value cache for simple generation (the rollout engine
 // has its own paged cache). Slots are independent; not thread-safe.
-class KVCache {
+class KVCache : public KVStore {
  public:
   explicit KVCache(int64_t num_layers) : layers_(num_layers) {}
-  int64_t length(int64_t slot) const;
+  int64_t length(int64_t slot) const override;
   void clear(int64_t slot);
 
-  // Appends k/v ([Nkv, n, D]) for `slot` at `layer`; returns the full cached K and V
-  // ([Nkv, L+n, D]) views. The slot's length advances after the last layer (commit()).
   std::pair<at::Tensor, at::Tensor> append(int64_t layer, int64_t slot, const at::Tensor& k,
-                                           const at::Tensor& v);
-  void commit(int64_t slot, int64_t n);
+                                           const at::Tensor& v) override;
+  void commit(int64_t slot, int64_t n) override;
 
  private:
   struct Entry {
@@ -80,13 +94,13 @@ class DecoderModel {
 
   // Final-norm hidden states [T, H] for a packed batch. With `cache`, each sequence's
   // keys/values are appended to its slot and attention covers the cached prefix.
-  at::Tensor forward_hidden(const PackedBatch& batch, KVCache* cache = nullptr) const;
+  at::Tensor forward_hidden(const PackedBatch& batch, KVStore* cache = nullptr) const;
   // The output projection [V, H]: lm_head.weight, or the embedding when tied.
   const at::Tensor& lm_head_weight() const { return p(lm_head_ >= 0 ? lm_head_ : embed_); }
   // Logits [T', V] for hidden states [T', H].
   at::Tensor logits(const at::Tensor& hidden) const;
   // forward_hidden + logits.
-  at::Tensor forward(const PackedBatch& batch, KVCache* cache = nullptr) const;
+  at::Tensor forward(const PackedBatch& batch, KVStore* cache = nullptr) const;
 
   // --gradient-checkpointing: when on and gradients are being recorded, each decoder
   // layer keeps only its input for backward and recomputes its activations there
@@ -100,7 +114,7 @@ class DecoderModel {
     PackedBatch batch;
     at::Tensor cos, sin;        // [T, D]
     std::vector<int64_t> past;  // cached length per sequence
-    KVCache* cache = nullptr;
+    KVStore* cache = nullptr;
   };
   // Replaces how each layer runs in forward_hidden (without a KV cache): a sharded
   // backend gathers the layer's parameters around it. Empty = run layers directly.
@@ -122,7 +136,7 @@ class DecoderModel {
   // Self-attention of one layer; cos/sin are [T, D], `past` the cached length per sequence.
   at::Tensor attention(int layer, const at::Tensor& x, const PackedBatch& batch,
                        const at::Tensor& cos, const at::Tensor& sin,
-                       const std::vector<int64_t>& past, KVCache* cache) const;
+                       const std::vector<int64_t>& past, KVStore* cache) const;
 
   ModelConfig config_;
   at::TensorOptions options_;

@@ -1,0 +1,1 @@
+anvil_parity_test(parity_engine test_engine_parity.py)

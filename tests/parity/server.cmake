@@ -1,0 +1,1 @@
+anvil_parity_test(parity_server test_server_http.py)
