@@ -4,6 +4,7 @@
 #include "backends/common/json_util.hpp"
 #include "backends/common/log.hpp"
 #include "backends/train/checkpoint.hpp"
+#include "backends/models/dtype.hpp"
 #include "backends/models/safetensors.hpp"
 #include "backends/models/weights.hpp"
 
@@ -508,6 +509,72 @@ std::optional<std::pair<int64_t, nlohmann::json>> FsdpModel::load_checkpoint(
   f.gathered[f.root()] = false;
   f.unshard(f.root());
   return std::make_pair(*iteration, meta.value("state", nlohmann::json::object()));
+}
+
+void FsdpModel::export_hf(const std::filesystem::path& out, const std::filesystem::path& source,
+                          at::ScalarType dtype, uint64_t max_shard_bytes) {
+  namespace fs = std::filesystem;
+  Impl& f = *impl_;
+  fs::path tmp = out;
+  tmp += ".tmp";
+  std::unique_ptr<models::StreamingCheckpointWriter> writer;
+  std::string error;
+  if (f.R() == 0) {
+    try {
+      if (!out.parent_path().empty()) fs::create_directories(out.parent_path());
+      fs::remove_all(tmp);
+      std::vector<models::TensorInfo> layout;
+      for (const auto& spec : f.model->specs()) {
+        models::TensorInfo t;
+        t.name = spec.name;
+        t.dtype = models::from_scalar_type(dtype);
+        t.shape = spec.shape;
+        layout.push_back(std::move(t));
+      }
+      writer = std::make_unique<models::StreamingCheckpointWriter>(tmp, layout, max_shard_bytes);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  // Every rank takes part in every gather, even after rank 0 failed, so none hangs.
+  for_each_full_tensor([&](const std::string& name, const at::Tensor& t) {
+    if (!writer || !error.empty()) return;
+    try {
+      writer->write(name, t.to(dtype));
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  });
+  if (f.R() == 0) {
+    try {
+      if (!error.empty()) fail("{}", error);
+      writer->finish();
+      nlohmann::json config = f.model->config().to_json();
+      config["dtype"] = dtype == at::kBFloat16 ? "bfloat16"
+                        : dtype == at::kHalf   ? "float16"
+                                               : "float32";
+      write_json_file_atomic(tmp / "config.json", config);
+      for (const char* name : {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                               "special_tokens_map.json", "chat_template.jinja"}) {
+        if (!source.empty() && fs::exists(source / name)) fs::copy_file(source / name, tmp / name);
+      }
+      sync_directory(tmp);
+      fs::remove_all(out);
+      fs::rename(tmp, out);
+      if (!out.parent_path().empty()) sync_directory(out.parent_path());
+      log::get("fsdp")->info("exported HuggingFace model to {}", out.string());
+    } catch (const std::exception& e) {
+      std::error_code ignored;
+      writer.reset();
+      fs::remove_all(tmp, ignored);
+      error = e.what();
+    }
+  }
+  // Everyone learns whether rank 0 succeeded.
+  at::Tensor ok = at::full({1}, error.empty() ? 0.0 : 1.0, at::kDouble);
+  f.comm->all_reduce(ok);
+  if (ok.item<double>() != 0)
+    fail("--save-hf {}: {}", out.string(), f.R() == 0 ? error : "failed on rank 0");
 }
 
 int64_t FsdpModel::shard_bytes() const {

@@ -73,6 +73,12 @@ class FsdpModel {
       const std::filesystem::path& load, train::AdamW& optimizer,
       std::optional<int64_t> iteration = std::nullopt);
 
+  // --save-hf: every rank gathers, rank 0 streams each tensor (as `dtype`) into an HF
+  // directory at `out` with memory bounded by the largest tensor, copies tokenizer and
+  // generation files from `source`, and renames the finished directory into place.
+  void export_hf(const std::filesystem::path& out, const std::filesystem::path& source,
+                 at::ScalarType dtype, uint64_t max_shard_bytes = 5ull << 30);
+
   // Bytes this rank holds for parameters (shards) and their gradients, for measurements.
   int64_t shard_bytes() const;
 

@@ -348,4 +348,113 @@ void CheckpointWriter::write_all_files() {
   sync_directory(dir_);
 }
 
+// ---------------------------------------------------------------------------------------
+// StreamingCheckpointWriter
+
+StreamingCheckpointWriter::StreamingCheckpointWriter(fs::path dir, std::vector<TensorInfo> layout,
+                                                     uint64_t max_shard_bytes,
+                                                     std::map<std::string, std::string> metadata)
+    : dir_(std::move(dir)), layout_(std::move(layout)), metadata_(std::move(metadata)) {
+  if (max_shard_bytes == 0) fail("{}: max_shard_bytes must be positive", dir_.string());
+  if (fs::exists(dir_) && !fs::is_empty(dir_))
+    fail("{}: a streamed checkpoint needs an empty directory", dir_.string());
+  fs::create_directories(dir_);
+  // Greedy shards in layout order, offsets per shard.
+  std::vector<std::vector<size_t>> members;
+  uint64_t used = 0;
+  std::set<std::string> names;
+  for (size_t i = 0; i < layout_.size(); ++i) {
+    TensorInfo& t = layout_[i];
+    if (!names.insert(t.name).second) fail("{}: tensor '{}' listed twice", dir_.string(), t.name);
+    const uint64_t bytes = t.numel() * dtype_size(t.dtype);
+    if (members.empty() || (used > 0 && used + bytes > max_shard_bytes)) {
+      members.emplace_back();
+      used = 0;
+    }
+    t.begin = used;
+    t.end = used + bytes;
+    used += bytes;
+    members.back().push_back(i);
+    shard_of_.push_back(members.size() - 1);
+  }
+  written_.assign(layout_.size(), false);
+  for (size_t k = 0; k < members.size(); ++k) {
+    Shard sh;
+    sh.path = dir_ / shard_file_name(k, members.size());
+    std::vector<TensorInfo> infos;
+    for (size_t i : members[k]) infos.push_back(layout_[i]);
+    const std::string header = build_safetensors_header(infos, metadata_);
+    sh.fd = ::open(sh.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (sh.fd < 0) fail("{}: cannot create: {}", sh.path.string(), std::strerror(errno));
+    shards_.push_back(sh);
+    write_all(sh.fd, header.data(), header.size(), sh.path);
+    shards_.back().data_offset = header.size();
+    const uint64_t total =
+        header.size() + (members[k].empty() ? 0 : layout_[members[k].back()].end);
+    if (::ftruncate(sh.fd, static_cast<off_t>(total)) != 0)
+      fail("{}: cannot size to {} bytes: {}", sh.path.string(), total, std::strerror(errno));
+  }
+}
+
+StreamingCheckpointWriter::~StreamingCheckpointWriter() {
+  for (Shard& sh : shards_)
+    if (sh.fd >= 0) ::close(sh.fd);
+}
+
+void StreamingCheckpointWriter::write(const std::string& name, const at::Tensor& tensor) {
+  if (finished_) fail("{}: write('{}') after finish()", dir_.string(), name);
+  size_t i = 0;
+  while (i < layout_.size() && layout_[i].name != name) ++i;
+  if (i == layout_.size()) fail("{}: tensor '{}' is not in the layout", dir_.string(), name);
+  const TensorInfo& info = layout_[i];
+  if (written_[i]) fail("{}: tensor '{}' written twice", dir_.string(), name);
+  if (from_scalar_type(tensor.scalar_type()) != info.dtype ||
+      std::vector<int64_t>(tensor.sizes().begin(), tensor.sizes().end()) != info.shape) {
+    fail("{}: tensor '{}' is {} [{}], the layout says {} [{}]", dir_.string(), name,
+         c10::toString(tensor.scalar_type()), fmt::join(tensor.sizes(), ", "),
+         dtype_name(info.dtype), fmt::join(info.shape, ", "));
+  }
+  at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
+  Shard& sh = shards_[shard_of_[i]];
+  const char* p = static_cast<const char*>(t.data_ptr());
+  uint64_t off = sh.data_offset + info.begin, n = info.nbytes();
+  while (n > 0) {
+    ssize_t w = ::pwrite(sh.fd, p, n, static_cast<off_t>(off));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      fail("{}: write failed: {}", sh.path.string(), std::strerror(errno));
+    }
+    p += w;
+    off += static_cast<uint64_t>(w);
+    n -= static_cast<uint64_t>(w);
+  }
+  written_[i] = true;
+}
+
+void StreamingCheckpointWriter::finish() {
+  if (finished_) return;
+  for (size_t i = 0; i < layout_.size(); ++i)
+    if (!written_[i]) fail("{}: tensor '{}' was never written", dir_.string(), layout_[i].name);
+  for (Shard& sh : shards_) {
+    if (::fsync(sh.fd) != 0) fail("{}: fsync failed: {}", sh.path.string(), std::strerror(errno));
+    if (::close(sh.fd) != 0) fail("{}: close failed: {}", sh.path.string(), std::strerror(errno));
+    sh.fd = -1;
+  }
+  if (shards_.size() > 1) {
+    nlohmann::json weight_map = nlohmann::json::object();
+    uint64_t total = 0;
+    for (size_t i = 0; i < layout_.size(); ++i) {
+      weight_map[layout_[i].name] = shard_file_name(shard_of_[i], shards_.size());
+      total += layout_[i].nbytes();
+    }
+    const nlohmann::json index = {{"metadata", {{"total_size", total}}},
+                                  {"weight_map", weight_map}};
+    const std::string text = index.dump(2) + "\n";
+    const fs::path path = dir_ / "model.safetensors.index.json";
+    write_file_synced(path, [&](int fd) { write_all(fd, text.data(), text.size(), path); });
+  }
+  sync_directory(dir_);
+  finished_ = true;
+}
+
 }  // namespace anvil::models

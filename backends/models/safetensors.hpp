@@ -110,4 +110,42 @@ class CheckpointWriter {
   bool finished_ = false;
 };
 
+// Writes an HF checkpoint whose tensors (names, dtypes, shapes) are known up front, one
+// tensor at a time and in any order, holding no more than the tensor being written: the
+// headers are written first, each tensor's bytes go straight to its offset. For exporting
+// a model that only exists piece by piece (FSDP gathers one tensor at a time).
+// Shards as CheckpointWriter does (same names, same index). `dir` must be empty or absent
+// and should be a temporary directory: files are written under their final names, so the
+// caller publishes the whole directory by renaming it after finish(), and removes it when
+// anything failed.
+class StreamingCheckpointWriter {
+ public:
+  StreamingCheckpointWriter(std::filesystem::path dir, std::vector<TensorInfo> layout,
+                            uint64_t max_shard_bytes = 5ull << 30,
+                            std::map<std::string, std::string> metadata = {{"format", "pt"}});
+  ~StreamingCheckpointWriter();
+  StreamingCheckpointWriter(const StreamingCheckpointWriter&) = delete;
+  StreamingCheckpointWriter& operator=(const StreamingCheckpointWriter&) = delete;
+
+  // Throws anvil::Error naming the tensor if it is unknown, written twice, or its dtype or
+  // shape differs from the layout.
+  void write(const std::string& name, const at::Tensor& tensor);
+  // Throws naming the first tensor never written; fsyncs every file.
+  void finish();
+
+ private:
+  struct Shard {
+    std::filesystem::path path;
+    int fd = -1;
+    uint64_t data_offset = 0;
+  };
+  std::filesystem::path dir_;
+  std::vector<TensorInfo> layout_;
+  std::vector<size_t> shard_of_;  // per layout entry
+  std::vector<bool> written_;
+  std::vector<Shard> shards_;
+  std::map<std::string, std::string> metadata_;
+  bool finished_ = false;
+};
+
 }  // namespace anvil::models

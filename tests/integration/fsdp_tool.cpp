@@ -42,7 +42,7 @@ std::vector<train::TrainSample> rollout(uint64_t seed, int64_t vocab) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_dir, out_dir, save_dir, load_dir;
+  std::string model_dir, out_dir, save_dir, load_dir, export_dir;
   int first_rollout = 0;
   int world = 1, rank = 0, port = 29500, rollouts = 2, die_at = -1;
   int64_t timeout_ms = 60000, max_tokens = 40;
@@ -70,6 +70,8 @@ int main(int argc, char** argv) {
       max_tokens = std::stoll(next());
     else if (a == "--save")
       save_dir = next();
+    else if (a == "--export-hf")
+      export_dir = next();
     else if (a == "--load")
       load_dir = next();
     else if (a == "--first-rollout")
@@ -142,6 +144,8 @@ int main(int argc, char** argv) {
     if (!save_dir.empty() && !single)
       sharded->save_checkpoint(save_dir, first_rollout + rollouts, trainer->optimizer(),
                                {{"rollouts", first_rollout + rollouts}});
+    if (!export_dir.empty() && !single)
+      sharded->export_hf(export_dir, model_dir, at::kFloat, /*max_shard_bytes=*/200000);
     // Full weights out (every rank gathers; rank 0 writes).
     models::CheckpointWriter writer(out_dir);
     auto write = [&](const std::string& name, const at::Tensor& t) {

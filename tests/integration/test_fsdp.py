@@ -153,3 +153,21 @@ def test_sharded_checkpoint_resumes_bitwise_and_reshards(model):
     assert all(rc == 0 for rc, _, se in res), res
     r = weights(resh)
     assert max(float(np.abs(r[k] - a[k]).max()) for k in a) < 1e-5
+
+
+def test_streamed_hf_export_is_sharded_and_loads(model):
+    d, path = model
+    out, hf = str(d / "exp_w"), str(d / "exp_hf")
+    res = run_group(path, out, 3, ["--rollouts", "1", "--export-hf", hf])
+    assert all(rc == 0 for rc, _, se in res), res
+    assert os.path.exists(os.path.join(hf, "model.safetensors.index.json"))  # 200 kB shards
+    assert os.path.exists(os.path.join(hf, "tokenizer.json"))
+    index = json.load(open(os.path.join(hf, "model.safetensors.index.json")))
+    exported = {}
+    for shard in set(index["weight_map"].values()):
+        exported.update(load_file(os.path.join(hf, shard)))
+    w = weights(out)
+    assert exported.keys() == w.keys()
+    assert all(np.array_equal(exported[k], w[k]) for k in w)
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(hf)

@@ -644,3 +644,43 @@ TEST_F(SafetensorsTest, ReaderNeedsACheckpoint) {
 }
 
 }  // namespace
+
+// StreamingCheckpointWriter: tensors known up front, written one at a time in any order.
+TEST(StreamingCheckpointWriter, OutOfOrderWritesShardAndLoadBack) {
+  fs::path dir = fs::temp_directory_path() / ("anvil-stream-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  std::vector<TensorInfo> layout;
+  std::vector<at::Tensor> values;
+  for (int i = 0; i < 5; ++i) {
+    at::Tensor t = at::randn({3 + i, 4}, at::kFloat);
+    TensorInfo info;
+    info.name = "t" + std::to_string(i);
+    info.dtype = from_scalar_type(t.scalar_type());
+    info.shape = {3 + i, 4};
+    layout.push_back(info);
+    values.push_back(t);
+  }
+  {
+    StreamingCheckpointWriter w(dir, layout, /*max_shard_bytes=*/150);
+    for (int i : {3, 0, 4, 1, 2}) w.write("t" + std::to_string(i), values[i]);
+    EXPECT_THROW(w.write("t1", values[1]), Error);    // twice
+    EXPECT_THROW(w.write("nope", values[1]), Error);  // unknown
+    w.finish();
+  }
+  EXPECT_TRUE(fs::exists(dir / "model.safetensors.index.json"));
+  auto reader = CheckpointReader::open(dir);
+  for (int i = 0; i < 5; ++i)
+    EXPECT_TRUE(at::equal(reader.load("t" + std::to_string(i)), values[i]));
+  // A non-empty directory, a wrong shape, a tensor never written: errors naming it.
+  EXPECT_THROW(StreamingCheckpointWriter(dir, layout), Error);
+  fs::remove_all(dir);
+  StreamingCheckpointWriter w(dir, layout);
+  EXPECT_THROW(w.write("t0", at::zeros({2, 4})), Error);
+  try {
+    w.finish();
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'t0' was never written"), std::string::npos);
+  }
+  fs::remove_all(dir);
+}
