@@ -5,6 +5,7 @@
 #include "actors/protocol.hpp"
 #include "actors/role_actor.hpp"
 #include "runtime/process.hpp"
+#include "runtime/shared_memory.hpp"
 
 #include <caf/io/all.hpp>
 #include <nlohmann/json.hpp>
@@ -145,6 +146,7 @@ int run_worker(const WorkerOptions& in) {
       L()->error("worker {}: role {} rank {} (pid {}) {}", w->options.node_id, role, rank, e.pid,
                  e.describe());
     }
+    runtime::remove_shared_memory_of(e.pid);
     caf::anon_send(w->head, child_exit_atom::value, role, rank, w->options.node_id,
                    static_cast<uint64_t>(e.pid), e.describe(), e.requested);
   });

@@ -10,8 +10,22 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 namespace anvil::runtime {
+
+int remove_shared_memory_of(int pid) {
+  const std::string prefix = "anvil-" + std::to_string(pid) + "-";
+  int removed = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm", ec)) {
+    std::string name = entry.path().filename().string();
+    if (name.compare(0, prefix.size(), prefix) == 0 && ::shm_unlink(("/" + name).c_str()) == 0) {
+      ++removed;
+    }
+  }
+  return removed;
+}
 
 SharedMemory SharedMemory::create(size_t size) {
   static std::atomic<uint64_t> counter{0};

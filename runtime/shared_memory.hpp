@@ -9,6 +9,11 @@
 
 namespace anvil::runtime {
 
+// Unlinks every object a process created (they are named /anvil-<pid>-<n>); a supervisor
+// calls it when a child has exited, so a killed process leaves no segment behind.
+// Returns how many were removed.
+int remove_shared_memory_of(int pid);
+
 class SharedMemory {
  public:
   // A fresh object of `size` bytes (named /anvil-<pid>-<n>), mapped read-write. Throws

@@ -12,6 +12,7 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -380,6 +381,28 @@ TEST(SharedMemory, CreatorUnlinksOnDestruction) {
     EXPECT_EQ(r.size(), 4096u);
     EXPECT_EQ(r.data()[10], 42);
   }
+  EXPECT_NE(error_of([&] { SharedMemory::open(name); }).find("cannot open"), std::string::npos);
+}
+
+TEST(SharedMemory, RemovesWhatADeadProcessLeft) {
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  pid_t child = ::fork();
+  if (child == 0) {
+    auto m = SharedMemory::create(100);
+    (void)!::write(fds[1], m.name().data(), m.name().size());
+    std::_Exit(0);  // no destructor: the segment stays
+  }
+  ::close(fds[1]);
+  char buf[256] = {0};
+  ASSERT_GT(::read(fds[0], buf, sizeof(buf) - 1), 0);
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  std::string name = buf;
+  EXPECT_EQ(name.rfind("/anvil-" + std::to_string(child) + "-", 0), 0u);
+  EXPECT_NO_THROW(SharedMemory::open(name));
+  EXPECT_EQ(remove_shared_memory_of(child), 1);
   EXPECT_NE(error_of([&] { SharedMemory::open(name); }).find("cannot open"), std::string::npos);
 }
 
