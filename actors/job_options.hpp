@@ -5,6 +5,7 @@
 
 #include "backends/train/trainer.hpp"
 #include "rollout/data/prompt_source.hpp"
+#include "rollout/reward/reward.hpp"
 #include "runtime/placement.hpp"
 
 #include <cstdint>
@@ -27,6 +28,7 @@ struct JobOptions {
   data::DataOptions data;
   train::TrainerOptions train;
   RolloutOptions rollout;
+  reward::RewardOptions reward;  // --rm-type --rm-url --reward-key
   runtime::PlacementRequest placement;
   std::string train_backend = "fsdp";    // --train-backend fsdp|megatron
   int64_t num_rollout = 1;               // --num-rollout

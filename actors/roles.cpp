@@ -8,11 +8,12 @@
 #include "backends/train/checkpoint.hpp"
 #include "rollout/data/conversation.hpp"
 #include "rollout/data/sample_loader.hpp"
+#include "rollout/engine/engine.hpp"
+#include "rollout/reward/reward.hpp"
 #include "runtime/crc32c.hpp"
 #include "runtime/data_plane.hpp"
 
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 #include "backends/common/log.hpp"
 
@@ -23,7 +24,6 @@
 #include <cmath>
 #include <map>
 #include <mutex>
-#include <set>
 
 namespace anvil::actors {
 
@@ -106,32 +106,6 @@ uint32_t weights_checksum(const models::DecoderModel& model) {
   uint32_t crc = 0;
   for (const auto& v : weight_views(model, keep)) crc = runtime::crc32c(v.data, v.bytes, crc);
   return crc;
-}
-
-// Copies a received version into the model; every parameter must be present once with
-// its dtype and shape. Throws anvil::Error naming the tensor.
-void apply_weights(models::DecoderModel& model, const runtime::WeightVersion& version) {
-  at::NoGradGuard no_grad;
-  size_t defined = 0;
-  for (const auto& p : model.parameters()) defined += p.defined() ? 1 : 0;
-  if (version.tensors.size() != defined) {
-    fail("weight version {}: {} tensors, the model has {} parameters", version.version,
-         version.tensors.size(), defined);
-  }
-  for (const auto& t : version.tensors) {
-    at::Tensor& p = model.parameter(t.name);
-    if (st_dtype(p.scalar_type()) != t.dtype || p.sizes().vec() != t.shape) {
-      fail("weight version {}: tensor '{}' is {} {}, the model holds {} {}", version.version,
-           t.name, t.dtype, fmt::join(t.shape, "x"), st_dtype(p.scalar_type()),
-           fmt::join(p.sizes().vec(), "x"));
-    }
-  }
-  for (const auto& t : version.tensors) {
-    at::Tensor& p = model.parameter(t.name);
-    at::Tensor src = at::from_blob(const_cast<uint8_t*>(t.bytes.data()), t.shape,
-                                   at::TensorOptions().dtype(p.scalar_type()));
-    p.copy_(src);
-  }
 }
 
 std::vector<std::string> targets_of(const std::string& targets_json, const char* what) {
@@ -371,61 +345,15 @@ class RefRole final : public Role {
 
 // ---- rollout ----------------------------------------------------------------------------
 
-struct Generated {
-  std::vector<int64_t> tokens;  // [R]
-  std::vector<float> logprobs;  // [R] under logits / T (T = 1 when greedy)
-  bool stopped = false;
-};
-
-// The simple single-sequence generation loop (the KV-cache path of `anvil generate`),
-// until the rollout engine (rollout/engine) takes its place.
-Generated generate_one(const models::DecoderModel& model, const std::vector<int64_t>& prompt,
-                       int64_t max_new, double temperature, double top_p, int64_t top_k,
-                       const std::set<int64_t>& stops, at::Generator& gen) {
-  at::NoGradGuard no_grad;
-  models::KVCache cache(model.config().num_hidden_layers);
-  Generated out;
-  std::vector<int64_t> step = prompt;
-  int64_t position = 0;
-  for (int64_t i = 0; i < max_new; ++i) {
-    models::PackedBatch batch;
-    batch.tokens = at::tensor(step, at::kLong);
-    batch.positions = at::arange(position, position + static_cast<int64_t>(step.size()), at::kLong);
-    batch.seq_lens = {static_cast<int64_t>(step.size())};
-    batch.cache_slots = {0};
-    at::Tensor hidden = model.forward_hidden(batch, &cache);
-    position += static_cast<int64_t>(step.size());
-    at::Tensor logits =
-        model.logits(hidden.narrow(0, hidden.size(0) - 1, 1)).squeeze(0).to(at::kFloat);
-    int64_t next;
-    at::Tensor logp;
-    if (temperature == 0) {
-      next = logits.argmax().item<int64_t>();
-      logp = at::log_softmax(logits, -1);
-    } else {
-      logp = at::log_softmax(logits / temperature, -1);
-      at::Tensor probs = logp.exp();
-      if (top_k > 0 && top_k < probs.size(0)) {
-        auto kth = std::get<0>(probs.topk(top_k)).min();
-        probs = at::where(probs < kth, at::zeros_like(probs), probs);
-      }
-      if (top_p < 1.0) {
-        auto [sorted, order] = probs.sort(-1, /*descending=*/true);
-        at::Tensor before = sorted.cumsum(-1) - sorted;
-        sorted = at::where(before >= top_p * sorted.sum(), at::zeros_like(sorted), sorted);
-        probs = at::zeros_like(probs).scatter(0, order, sorted);
-      }
-      next = at::multinomial(probs, 1, false, gen).item<int64_t>();
-    }
-    out.tokens.push_back(next);
-    out.logprobs.push_back(logp[next].item<float>());
-    if (stops.count(next) != 0) {
-      out.stopped = true;
-      break;
-    }
-    step = {next};
+int finish_status(engine::FinishReason r) {
+  switch (r) {
+    case engine::FinishReason::kStop:
+      return 0;  // COMPLETED
+    case engine::FinishReason::kLength:
+      return 1;  // TRUNCATED
+    default:
+      return 2;  // ABORTED
   }
-  return out;
 }
 
 class RolloutRole final : public Role {
@@ -437,18 +365,43 @@ class RolloutRole final : public Role {
     if (job_.rollout.max_response_len < 1) fail("--rollout-max-response-len must be >= 1");
     if (job_.rollout.rollout_batch_size < 1) fail("--rollout-batch-size must be >= 1");
     if (job_.rollout.n_samples_per_prompt < 1) fail("--n-samples-per-prompt must be >= 1");
-    model_ = load_model(job_);
+    if (!job_.reward.rm_type.empty()) job_.reward.validate();
+    model_ = std::shared_ptr<models::DecoderModel>(load_model(job_));
     chat_ = std::make_unique<data::ChatTokenizer>(data::ChatTokenizer::from_model_dir(job_.model));
     source_ = std::make_unique<data::PromptSource>(job_.data);
     loader_ =
         std::make_unique<data::SampleLoader>(*source_, *chat_, data::LoaderMode::Prompt, job_.data);
-    stops_.insert(model_->config().eos_token_ids.begin(), model_->config().eos_token_ids.end());
+    engine::EngineOptions eo;
+    eo.background = false;  // generate() drives the steps on this role's thread
+    eo.eos_token_ids = engine::model_eos_token_ids(job_.model, model_->config());
+    eo.seed = job_.rollout.sampling_seed;
+    eo.weight_version = "0";
+    auto tokenizer = std::make_shared<const data::Tokenizer>(
+        data::Tokenizer::from_file(std::filesystem::path(job_.model) / "tokenizer.json"));
+    engine_ = std::make_unique<engine::Engine>(model_, eo, tokenizer);
     runtime::WeightReceiver::Options o;
     o.host = ctx_.bind_host;
     receiver_ = std::make_unique<runtime::WeightReceiver>(
         ctx_.token, o, [this](const runtime::WeightVersion& v) {
           std::lock_guard<std::mutex> lock(mutex_);
-          apply_weights(*model_, v);
+          size_t defined = 0;
+          for (const auto& p : model_->parameters()) defined += p.defined() ? 1 : 0;
+          if (v.tensors.size() != defined) {
+            fail("weight version {}: {} tensors, the model has {} parameters", v.version,
+                 v.tensors.size(), defined);
+          }
+          std::vector<std::pair<std::string, at::Tensor>> tensors;
+          for (const auto& t : v.tensors) {
+            at::Tensor& p = model_->parameter(t.name);
+            if (st_dtype(p.scalar_type()) != t.dtype) {
+              fail("weight version {}: tensor '{}' is {}, the model holds {}", v.version, t.name,
+                   t.dtype, st_dtype(p.scalar_type()));
+            }
+            tensors.emplace_back(t.name,
+                                 at::from_blob(const_cast<uint8_t*>(t.bytes.data()), t.shape,
+                                               at::TensorOptions().dtype(p.scalar_type())));
+          }
+          engine_->update_weights(tensors, std::to_string(v.version));
           version_ = v.version;
           L()->info("rollout engine {}: weight version {} applied ({} tensors, {} bytes{})",
                     ctx_.rank, v.version, v.tensors.size(), v.bytes,
@@ -467,16 +420,18 @@ class RolloutRole final : public Role {
     auto targets = targets_of(targets_json, "generate targets");
     if (targets.empty()) fail("generate: rollout {} has nowhere to go", rollout_id);
     const auto& ro = job_.rollout;
-    runtime::Rollout r;
-    r.rollout_id = rollout_id;
-    at::Generator gen = at::detail::createCPUGenerator(
-        ro.sampling_seed * 1000003 + rollout_id * 7919 + static_cast<uint64_t>(ctx_.rank));
-    std::lock_guard<std::mutex> lock(mutex_);
     int64_t engines = job_.placement.rollout_num_gpus / job_.placement.rollout_num_gpus_per_engine;
     if (ro.rollout_batch_size % engines != 0) {
       fail("--rollout-batch-size {} is not a multiple of the {} rollout engines",
            ro.rollout_batch_size, engines);
     }
+    std::lock_guard<std::mutex> lock(mutex_);
+    struct Prompt {
+      data::TokenizedSample sample;
+      int64_t index;
+    };
+    std::vector<Prompt> prompts;
+    std::vector<engine::GenerateRequest> requests;
     for (int64_t p = 0; p < ro.rollout_batch_size / engines; ++p) {
       // Engine e takes every e-th prompt of the shared order, so engines never repeat one.
       std::optional<data::TokenizedSample> next;
@@ -486,24 +441,54 @@ class RolloutRole final : public Role {
         index = prompt_index_++;
       } while (next && index % engines != ctx_.rank);
       if (!next) fail("generate: the prompt data ran out at rollout {} prompt {}", rollout_id, p);
-      const auto& ids = next->encoded.ids;
-      if (ids.empty()) fail("generate: prompt {} encodes to no tokens", p);
-      std::vector<int64_t> prompt(ids.begin(), ids.end());
-      nlohmann::json meta = next->sample->metadata;
-      for (int64_t k = 0; k < ro.n_samples_per_prompt; ++k) {
-        Generated g = generate_one(*model_, prompt, ro.max_response_len, job_.train.temperature,
-                                   ro.top_p, ro.top_k, stops_, gen);
-        runtime::WireSample s;
-        s.tokens = prompt;
-        s.tokens.insert(s.tokens.end(), g.tokens.begin(), g.tokens.end());
-        s.response_length = static_cast<int64_t>(g.tokens.size());
-        s.rollout_logprobs = std::move(g.logprobs);
-        s.weight_version = version_;
-        s.group_id = index;
-        s.status = g.stopped ? 0 : 1;
-        s.metadata_json = meta.dump();
-        r.samples.push_back(std::move(s));
+      if (next->encoded.ids.empty()) fail("generate: prompt {} encodes to no tokens", index);
+      engine::GenerateRequest req;
+      req.input_ids.assign(next->encoded.ids.begin(), next->encoded.ids.end());
+      req.params.temperature = job_.train.temperature;
+      req.params.top_p = ro.top_p;
+      req.params.top_k = ro.top_k > 0 ? ro.top_k : -1;
+      req.params.max_new_tokens = ro.max_response_len;
+      req.params.n = ro.n_samples_per_prompt;
+      req.params.seed = ro.sampling_seed * 1000003 + static_cast<uint64_t>(index) * 7919;
+      req.rid = std::to_string(rollout_id) + "/" + std::to_string(index);
+      requests.push_back(std::move(req));
+      prompts.push_back({std::move(*next), index});
+    }
+    std::vector<engine::GenerateOutput> outputs = engine_->generate(std::move(requests));
+    runtime::Rollout r;
+    r.rollout_id = rollout_id;
+    bool warned = false;
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      const auto& out = outputs[i];
+      const Prompt& prompt = prompts[i / static_cast<size_t>(ro.n_samples_per_prompt)];
+      if (out.output_ids.empty()) {
+        fail("generate: rollout {} prompt {} produced no tokens ({})", rollout_id, prompt.index,
+             out.abort_message);
       }
+      runtime::WireSample s;
+      s.tokens = out.input_ids;
+      s.tokens.insert(s.tokens.end(), out.output_ids.begin(), out.output_ids.end());
+      s.response_length = static_cast<int64_t>(out.output_ids.size());
+      s.rollout_logprobs = out.output_logprobs;
+      s.weight_version = version_;
+      s.group_id = prompt.index;
+      s.status = finish_status(out.finish);
+      nlohmann::json meta = nlohmann::json::parse(prompt.sample.sample->metadata.dump());
+      s.metadata_json = meta.dump();
+      if (!job_.reward.rm_type.empty()) {
+        reward::RewardInput in;
+        in.prompt = prompt.sample.encoded.text;
+        in.response = out.text;
+        in.label = nlohmann::json::parse(prompt.sample.sample->label.dump());
+        in.metadata = meta;
+        s.reward =
+            reward::reward_value(reward::compute_reward(in, job_.reward), job_.reward.reward_key);
+      } else if (!warned) {
+        warned = true;
+        if (!warned_no_rm_) L()->warn("no --rm-type: every sample's reward is 0");
+        warned_no_rm_ = true;
+      }
+      r.samples.push_back(std::move(s));
     }
     auto parts = split_by_group(r, targets.size());
     uint64_t tokens = 0;
@@ -527,13 +512,14 @@ class RolloutRole final : public Role {
  private:
   RoleContext ctx_;
   JobOptions job_;
-  std::mutex mutex_;  // the model: generation vs. a weight version arriving
-  std::unique_ptr<models::DecoderModel> model_;
+  std::mutex mutex_;  // the engine: generation vs. a weight version arriving
+  std::shared_ptr<models::DecoderModel> model_;
   std::unique_ptr<data::ChatTokenizer> chat_;
   std::unique_ptr<data::PromptSource> source_;
   std::unique_ptr<data::SampleLoader> loader_;
-  std::set<int64_t> stops_;
+  std::unique_ptr<engine::Engine> engine_;
   int64_t prompt_index_ = 0;  // prompts of the shared order seen so far
+  bool warned_no_rm_ = false;
   std::unique_ptr<runtime::WeightReceiver> receiver_;
   uint64_t version_ = 0;
 };

@@ -32,6 +32,9 @@ void add_job_flags(CLI::App& cmd, actors::JobOptions& job) {
   cmd.add_option("--rollout-top-p", r.top_p)->capture_default_str();
   cmd.add_option("--rollout-top-k", r.top_k, "0 = off")->capture_default_str();
   cmd.add_option("--rollout-sampling-seed", r.sampling_seed)->capture_default_str();
+  cmd.add_option("--rm-type", job.reward.rm_type, "Rule-based reward (rollout/reward)");
+  cmd.add_option("--rm-url", job.reward.rm_url, "Remote reward model URL (--rm-type remote_rm)");
+  cmd.add_option("--reward-key", job.reward.reward_key, "Field of a dict reward");
   auto& p = job.placement;
   cmd.add_option("--actor-num-nodes", p.actor_num_nodes, "Nodes of the train group")
       ->capture_default_str();

@@ -170,7 +170,8 @@ def job_flags(model, data, *extra):
     return ["--model", model, "--prompt-data", data, "--input-key", "prompt",
             "--rollout-batch-size", "2", "--n-samples-per-prompt", "2",
             "--rollout-max-response-len", "4", "--global-batch-size", "4", "--lr", "1e-2",
-            "--weight-decay", "0.1", "--rollout-sampling-seed", "5", *extra]
+            "--weight-decay", "0.1", "--rollout-sampling-seed", "5", "--label-key", "label",
+            "--rm-type", "exact_match", *extra]
 
 
 def check_report(report, rollouts):
@@ -180,6 +181,9 @@ def check_report(report, rollouts):
     for k, r in enumerate(report["rollouts"]):
         assert sum(g["samples"] for g in r["generate"]) == 4
         assert r["train"][0]["samples"] == 4 and r["train"][0]["steps"], r["train"]
+        # The engine (another process) sampled with the weights the trainer holds: its
+        # log-probs are the trainer's ("true on-policy"), fp32 rounding apart.
+        assert r["train"][0]["steps"][0]["train_rollout_logprob_abs_diff"] < 1e-5
         sync = r["sync"]
         assert sync["weight_version"] == k + 1
         assert sync["targets"] and all(t["tensors"] > 0 for t in sync["targets"])
