@@ -359,7 +359,17 @@ void Controller::run_rollout() {
       },
       [=, this](std::vector<nlohmann::json> replies) {
         (*report)["generate"] = replies;
-        step_done();
+        if (!st_->options.placement.colocate) {
+          step_done();
+          return;
+        }
+        // Colocated: the engines give their memory (weights, KV cache) to training.
+        ask_all(
+            roles_of("rollout"), [](RoleEntry&) { return caf::make_message(offload_atom::value); },
+            [=, this](std::vector<nlohmann::json> offloaded) {
+              (*report)["offload"] = offloaded;
+              step_done();
+            });
       });
   if (!refs.empty()) {
     // The ref role takes each engine's part in turn and forwards it with ref log-probs.
@@ -391,6 +401,15 @@ void Controller::run_rollout() {
 }
 
 void Controller::sync_weights(uint64_t version, nlohmann::json rollout_report) {
+  if (st_->options.placement.colocate && !rollout_report.contains("onload")) {
+    ask_all(
+        roles_of("rollout"), [](RoleEntry&) { return caf::make_message(onload_atom::value); },
+        [=, this](std::vector<nlohmann::json> onloaded) mutable {
+          rollout_report["onload"] = onloaded;
+          sync_weights(version, rollout_report);
+        });
+    return;
+  }
   auto syncs = roles_of("weight-sync");
   auto trains = roles_of("train");
   auto engines = roles_of("rollout");

@@ -509,7 +509,27 @@ class RolloutRole final : public Role {
         .dump();
   }
 
+  // Colocated mode: weights to host memory and the KV cache freed while training runs.
+  std::string offload() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    engine_->release_memory(/*weights=*/true, /*kv_cache=*/true);
+    return memory_state();
+  }
+  std::string onload() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    engine_->resume_memory(/*weights=*/true, /*kv_cache=*/true);
+    return memory_state();
+  }
+
  private:
+  std::string memory_state() const {
+    auto st = engine_->stats();
+    return nlohmann::json{{"rank", ctx_.rank},
+                          {"weights_released", st.weights_released},
+                          {"kv_released", st.kv_released}}
+        .dump();
+  }
+
   RoleContext ctx_;
   JobOptions job_;
   std::mutex mutex_;  // the engine: generation vs. a weight version arriving

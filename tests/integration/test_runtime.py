@@ -232,6 +232,9 @@ def test_colocated_weights_go_through_shared_memory(setup):
         report = json.load(open(c.report))
         check_report(report, 1)
         assert report["rollouts"][0]["sync"]["targets"][0]["shared_memory"] is True
+        # The engine released its memory for training and took it back before the sync.
+        assert report["rollouts"][0]["offload"][0]["weights_released"] is True
+        assert report["rollouts"][0]["onload"][0]["weights_released"] is False
         assert c.workers[0].wait(30) == 0
         assert_no_processes(c.token)
         after = {f for f in os.listdir("/dev/shm") if f.startswith("anvil-")}
