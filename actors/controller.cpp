@@ -8,6 +8,7 @@
 #include "actors/cluster.hpp"
 #include "actors/protocol.hpp"
 #include "actors/role_actor.hpp"
+#include "runtime/shared_memory.hpp"
 
 #include <caf/io/all.hpp>
 #include <nlohmann/json.hpp>
@@ -619,6 +620,8 @@ int run_head(const HeadOptions& options) {
     write_file_atomically(options.port_file, std::to_string(*port));
   }
   sys.await_all_actors_done();
+  // --in-process: the roles ran here; whatever shared memory they still name goes now.
+  if (options.in_process) runtime::remove_shared_memory_of(::getpid());
   return exit_code->load();
 }
 

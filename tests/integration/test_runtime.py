@@ -246,10 +246,12 @@ def test_colocated_weights_go_through_shared_memory(setup):
 def test_in_process_runs_the_same_job(setup):
     d, model, data = setup
     out = d / "inproc.json"
+    before = {f for f in os.listdir("/dev/shm") if f.startswith("anvil-")}
     p = run("head", "--in-process", "--report", str(out),
             *job_flags(model, data, "--num-rollout", "2", "--use-kl-loss"), check=False)
     assert p.returncode == 0, p.stderr
     check_report(json.load(open(out)), 2)
+    assert not {f for f in os.listdir("/dev/shm") if f.startswith("anvil-")} - before
 
 
 def long_job(model, data):
