@@ -30,6 +30,10 @@ struct HeadOptions {
   int heartbeat_ms = 500;            // --heartbeat-ms
   int heartbeat_timeout_ms = 3000;   // --heartbeat-timeout-ms: a silent peer is reported
   int register_timeout_ms = 120000;  // --register-timeout-ms: workers + roles to show up
+  // --request-timeout-ms: a role that does not answer an operation (init, generate, train,
+  // a weight sync, ...) within this long is reported as hung, even while its front still
+  // answers heartbeats (a compute thread stuck in a call).
+  int64_t request_timeout_ms = 3600000;
   runtime::PlacementRequest placement;
   int64_t num_rollout = 1;
   std::string save_dir;       // --save: train rank 0 checkpoints here ...

@@ -34,7 +34,7 @@ using finish_atom = caf::atom_constant<caf::atom("finish")>;
 using deferred_fail_atom = caf::atom_constant<caf::atom("deferfail")>;
 
 struct WorkerEntry {
-  caf::actor handle;
+  worker_actor handle;
   std::string hostname;
   int devices = 0;
   nlohmann::json info;
@@ -43,7 +43,7 @@ struct WorkerEntry {
 
 struct RoleEntry {
   runtime::RolePlacement placement;
-  caf::actor front;
+  role_actor front;
   uint64_t pid = 0;
   nlohmann::json info;  // init's reply
   bool down = false;
@@ -297,7 +297,13 @@ void Controller::ask_all(const std::vector<RoleEntry*>& targets,
   for (size_t i = 0; i < targets.size(); ++i) {
     RoleEntry* r = targets[i];
     std::string what = describe_role(*r);
-    self_->request(r->front, caf::infinite, msg(*r))
+    caf::message m = msg(*r);
+    std::string op = m.size() > 0 && m.match_element<caf::atom_value>(0)
+                         ? caf::to_string(m.get_as<caf::atom_value>(0))
+                         : "?";
+    int64_t timeout_ms = st_->options.request_timeout_ms;
+    // The messages come from role_message(), checked against role_actor at compile time.
+    self_->request(caf::actor_cast<caf::actor>(r->front), std::chrono::milliseconds(timeout_ms), m)
         .then(
             [=, this](const std::string& reply) {
               if (st_->failed) return;
@@ -310,6 +316,11 @@ void Controller::ask_all(const std::vector<RoleEntry*>& targets,
               if (--*pending == 0) done(std::move(*replies));
             },
             [=, this](caf::error& e) {
+              if (e == caf::sec::request_timeout) {
+                fail(what + " did not answer '" + op + "' within " + std::to_string(timeout_ms) +
+                     " ms (hung? --request-timeout-ms)");
+                return;
+              }
               // Often the consequence of a peer dying (a push to a killed engine): give the
               // report of the death itself a moment to arrive and name the real culprit.
               self_->delayed_send(self_, std::chrono::milliseconds(600), deferred_fail_atom::value,
@@ -323,7 +334,7 @@ void Controller::start_job() {
   std::vector<RoleEntry*> all;
   for (const auto& k : st_->role_order) all.push_back(&st_->roles[k]);
   ask_all(
-      all, [](RoleEntry&) { return caf::make_message(init_atom::value); },
+      all, [](RoleEntry&) { return role_message(init_atom::value); },
       [=, this](std::vector<nlohmann::json> infos) {
         for (size_t i = 0; i < all.size(); ++i) all[i]->info = infos[i];
         L()->info("{} roles initialised", all.size());
@@ -355,8 +366,7 @@ void Controller::run_rollout() {
   ask_all(
       engines,
       [=, this](RoleEntry& r) {
-        return caf::make_message(generate_atom::value, k * parts + r.placement.rank,
-                                 gen_targets.dump());
+        return role_message(generate_atom::value, k * parts + r.placement.rank, gen_targets.dump());
       },
       [=, this](std::vector<nlohmann::json> replies) {
         (*report)["generate"] = replies;
@@ -366,7 +376,7 @@ void Controller::run_rollout() {
         }
         // Colocated: the engines give their memory (weights, KV cache) to training.
         ask_all(
-            roles_of("rollout"), [](RoleEntry&) { return caf::make_message(offload_atom::value); },
+            roles_of("rollout"), [](RoleEntry&) { return role_message(offload_atom::value); },
             [=, this](std::vector<nlohmann::json> offloaded) {
               (*report)["offload"] = offloaded;
               step_done();
@@ -383,7 +393,7 @@ void Controller::run_rollout() {
       ask_all(
           refs,
           [=, this](RoleEntry&) {
-            return caf::make_message(compute_ref_atom::value, k * parts + e, train_targets.dump());
+            return role_message(compute_ref_atom::value, k * parts + e, train_targets.dump());
           },
           [=, this](std::vector<nlohmann::json> replies) {
             (*report)["ref"].push_back(replies[0]);
@@ -393,8 +403,7 @@ void Controller::run_rollout() {
     (*next_part)(0);
   }
   ask_all(
-      trains,
-      [=, this](RoleEntry&) { return caf::make_message(train_atom::value, k * parts, parts); },
+      trains, [=, this](RoleEntry&) { return role_message(train_atom::value, k * parts, parts); },
       [=, this](std::vector<nlohmann::json> replies) {
         (*report)["train"] = replies;
         step_done();
@@ -404,7 +413,7 @@ void Controller::run_rollout() {
 void Controller::sync_weights(uint64_t version, nlohmann::json rollout_report) {
   if (st_->options.placement.colocate && !rollout_report.contains("onload")) {
     ask_all(
-        roles_of("rollout"), [](RoleEntry&) { return caf::make_message(onload_atom::value); },
+        roles_of("rollout"), [](RoleEntry&) { return role_message(onload_atom::value); },
         [=, this](std::vector<nlohmann::json> onloaded) mutable {
           rollout_report["onload"] = onloaded;
           sync_weights(version, rollout_report);
@@ -420,18 +429,17 @@ void Controller::sync_weights(uint64_t version, nlohmann::json rollout_report) {
   }
   const std::string& train_node = trains[0]->placement.node_id;
   nlohmann::json plan = {{"targets", nlohmann::json::array()}};
-  std::vector<caf::actor> engine_handles;
+  std::vector<weight_holder_actor> engine_handles;
   for (auto* e : engines) {
     plan["targets"].push_back({{"endpoint", e->info.value("endpoint", "")},
                                {"shared_memory", e->placement.node_id == train_node}});
     engine_handles.push_back(e->front);
   }
-  caf::actor train0 = trains[0]->front;
+  weight_source_actor train0 = trains[0]->front;
   ask_all(
       {syncs[0]},
       [=, this](RoleEntry&) {
-        return caf::make_message(sync_weights_atom::value, version, train0, engine_handles,
-                                 plan.dump());
+        return role_message(sync_weights_atom::value, version, train0, engine_handles, plan.dump());
       },
       [=, this](std::vector<nlohmann::json> replies) mutable {
         rollout_report["sync"] = replies[0];
@@ -458,7 +466,7 @@ void Controller::save_then_continue() {
   auto trains = roles_of("train");
   ask_all(
       {trains[0]},
-      [=, this](RoleEntry&) { return caf::make_message(save_atom::value, st_->options.save_dir); },
+      [=, this](RoleEntry&) { return role_message(save_atom::value, st_->options.save_dir); },
       [=, this](std::vector<nlohmann::json> replies) {
         L()->info("checkpoint {} written under {}", replies[0].value("iteration", 0),
                   st_->options.save_dir);
@@ -525,7 +533,7 @@ caf::behavior Controller::make_behavior() {
         }
       },
       [this](reg_worker_atom, const std::string& token, const std::string& node_json,
-             caf::actor worker) -> caf::result<std::string> {
+             worker_actor worker) -> caf::result<std::string> {
         if (token != st_->options.token) {
           L()->warn("refused a worker with a wrong job token");
           return caf::make_error(caf::sec::runtime_error, "wrong job token");
@@ -557,7 +565,7 @@ caf::behavior Controller::make_behavior() {
       },
       [this](reg_role_atom, const std::string& token, const std::string& role, int32_t rank,
              const std::string& node_id, uint64_t pid,
-             caf::actor front) -> caf::result<std::string> {
+             role_actor front) -> caf::result<std::string> {
         if (token != st_->options.token) {
           L()->warn("refused a role with a wrong job token");
           return caf::make_error(caf::sec::runtime_error, "wrong job token");
@@ -607,8 +615,8 @@ int run_head(const HeadOptions& options) {
     return c->make_behavior();
   });
   if (!options.in_process) {
-    auto port = sys.middleman().publish(controller, static_cast<uint16_t>(options.port),
-                                        options.listen_host.c_str(), /*reuse_addr=*/false);
+    // Over TLS when --tls-cert/--tls-key/--tls-ca are given (actors/role_actor.hpp).
+    auto port = publish_actor(controller, static_cast<uint16_t>(options.port), options.listen_host);
     if (!port) {
       L()->error("cannot listen on {}:{}: {}", options.listen_host, options.port,
                  sys.render(port.error()));

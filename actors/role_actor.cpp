@@ -2,8 +2,12 @@
 
 #include "actors/cluster.hpp"
 #include "actors/role.hpp"
+#include "runtime/tls.hpp"
 
 #include <caf/io/all.hpp>
+#ifdef ANVIL_WITH_CAF_OPENSSL
+#include <caf/openssl/all.hpp>
+#endif
 #include <nlohmann/json.hpp>
 #include "backends/common/log.hpp"
 
@@ -41,8 +45,8 @@ caf::result<std::string> guarded(const std::string& label, const std::function<s
   }
 }
 
-caf::behavior compute_actor(caf::event_based_actor* self, std::shared_ptr<Role> role,
-                            std::string label) {
+role_compute_actor::behavior_type compute_actor(role_compute_actor::pointer self,
+                                                std::shared_ptr<Role> role, std::string label) {
   auto need = [label, role](const char* op) {
     if (!role) throw std::runtime_error(std::string("does not handle '") + op + "'");
     return role.get();
@@ -76,8 +80,10 @@ caf::behavior compute_actor(caf::event_based_actor* self, std::shared_ptr<Role> 
       // weight-sync: train rank 0 pushes `version` to every engine (shared memory on its own
       // node, gRPC chunks elsewhere); then each engine is asked which version and checksum
       // it holds, and both must equal what train rank 0 pushed.
-      [=](sync_weights_atom, uint64_t version, caf::actor train0, std::vector<caf::actor> engines,
+      [=](sync_weights_atom, uint64_t version, weight_source_actor train0,
+          std::vector<weight_holder_actor> engines,
           const std::string& plan) -> caf::result<std::string> {
+        if (role) return role_error(label + ": does not handle 'sync-weights'");
         auto rp = self->make_response_promise<std::string>();
         self->request(train0, caf::infinite, push_weights_atom::value, version, plan)
             .then(
@@ -126,7 +132,7 @@ caf::behavior compute_actor(caf::event_based_actor* self, std::shared_ptr<Role> 
   };
 }
 
-caf::behavior front_actor(caf::event_based_actor* self, caf::actor compute) {
+role_actor::behavior_type front_actor(role_actor::pointer self, role_compute_actor compute) {
   self->link_to(compute);
   return {
       [=](ping_atom, uint64_t nonce) { return nonce; },
@@ -147,7 +153,8 @@ caf::behavior front_actor(caf::event_based_actor* self, caf::actor compute) {
       [=](save_atom a, const std::string& dir) { return self->delegate(compute, a, dir); },
       [=](offload_atom a) { return self->delegate(compute, a); },
       [=](onload_atom a) { return self->delegate(compute, a); },
-      [=](sync_weights_atom a, uint64_t v, caf::actor train0, std::vector<caf::actor> engines,
+      [=](sync_weights_atom a, uint64_t v, weight_source_actor train0,
+          std::vector<weight_holder_actor> engines,
           const std::string& plan) { return self->delegate(compute, a, v, train0, engines, plan); },
       [=](stop_atom) {
         self->send_exit(compute, caf::exit_reason::user_shutdown);
@@ -168,6 +175,42 @@ void configure_caf(caf::actor_system_config& cfg, const std::string& token, int 
   cfg.set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds(heartbeat_ms)});
   cfg.set("middleman.connection-timeout", caf::timespan{std::chrono::milliseconds(timeout_ms)});
   cfg.set("logger.verbosity", caf::atom("quiet"));
+  const runtime::TlsConfig& tls = runtime::process_tls();
+  if (tls.enabled()) {
+#ifdef ANVIL_WITH_CAF_OPENSSL
+    // Every CAF link authenticates both ends: each presents its certificate and must
+    // see one signed by the CA.
+    cfg.load<caf::openssl::manager>();
+    cfg.openssl_certificate = tls.cert_file;
+    cfg.openssl_key = tls.key_file;
+    cfg.openssl_cafile = tls.ca_file;
+#else
+    throw std::runtime_error(
+        "--tls-cert: this anvil was built without CAF's OpenSSL module (libcaf_openssl)");
+#endif
+  }
+  // Typed handles inside messages must be known by name on every node.
+  cfg.add_message_type<role_actor>("anvil::role_actor");
+  cfg.add_message_type<worker_actor>("anvil::worker_actor");
+  cfg.add_message_type<weight_source_actor>("anvil::weight_source_actor");
+  cfg.add_message_type<std::vector<weight_holder_actor>>("anvil::weight_holder_actors");
+}
+
+caf::expected<uint16_t> publish_actor(const caf::actor& whom, uint16_t port,
+                                      const std::string& host) {
+#ifdef ANVIL_WITH_CAF_OPENSSL
+  if (runtime::process_tls().enabled())
+    return caf::openssl::publish(whom, port, host.c_str(), /*reuse=*/false);
+#endif
+  return whom.home_system().middleman().publish(whom, port, host.c_str(), /*reuse_addr=*/false);
+}
+
+caf::expected<caf::actor> connect_actor(caf::actor_system& sys, const std::string& host,
+                                        uint16_t port) {
+#ifdef ANVIL_WITH_CAF_OPENSSL
+  if (runtime::process_tls().enabled()) return caf::openssl::remote_actor(sys, host, port);
+#endif
+  return sys.middleman().remote_actor(host, port);
 }
 
 std::string error_text(caf::actor_system& sys, const caf::error& err) {
@@ -179,7 +222,7 @@ std::string error_text(caf::actor_system& sys, const caf::error& err) {
   return sys.render(err);
 }
 
-caf::actor spawn_role_actor(caf::actor_system& sys, const std::string& role_name, int rank,
+role_actor spawn_role_actor(caf::actor_system& sys, const std::string& role_name, int rank,
                             std::shared_ptr<Role> role, const std::string&) {
   std::string label = "role " + role_name + " rank " + std::to_string(rank);
   auto compute = sys.spawn<caf::detached>(compute_actor, std::move(role), label);
@@ -191,13 +234,13 @@ int run_role_process(const RoleProcessOptions& o, std::shared_ptr<Role> role) {
   configure_caf(cfg, o.token, o.heartbeat_ms, 4 * o.heartbeat_ms + 2000);
   caf::actor_system sys{cfg};
   std::string label = "role " + o.role + " rank " + std::to_string(o.rank);
-  auto head = sys.middleman().remote_actor(o.head_host, static_cast<uint16_t>(o.head_port));
+  auto head = connect_actor(sys, o.head_host, static_cast<uint16_t>(o.head_port));
   if (!head) {
     L()->error("{}: cannot reach the head at {}:{}: {}", label, o.head_host, o.head_port,
                sys.render(head.error()));
     return 1;
   }
-  caf::actor front = spawn_role_actor(sys, o.role, o.rank, std::move(role), o.token);
+  role_actor front = spawn_role_actor(sys, o.role, o.rank, std::move(role), o.token);
   int code = 0;
   {
     caf::scoped_actor self{sys};

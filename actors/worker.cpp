@@ -44,7 +44,8 @@ struct WorkerShared {
   std::atomic<int> exit_code{0};
 };
 
-caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<WorkerShared> w) {
+worker_actor::behavior_type worker_daemon(worker_actor::pointer self,
+                                          std::shared_ptr<WorkerShared> w) {
   self->monitor(w->head);
   self->set_down_handler([=](caf::down_msg& d) {
     if (d.source == w->head.address()) {
@@ -121,7 +122,7 @@ int run_worker(const WorkerOptions& in) {
   auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(in.connect_timeout_ms);
   for (;;) {
-    auto head = sys.middleman().remote_actor(in.head_host, static_cast<uint16_t>(in.head_port));
+    auto head = connect_actor(sys, in.head_host, static_cast<uint16_t>(in.head_port));
     if (head) {
       w->head = *head;
       break;
@@ -137,7 +138,6 @@ int run_worker(const WorkerOptions& in) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
-  caf::actor self_actor;
   w->supervisor = std::make_unique<runtime::Supervisor>([w](const runtime::ChildExit& e) {
     auto colon = e.label.find(':');
     std::string role = e.label.substr(0, colon);
@@ -150,7 +150,7 @@ int run_worker(const WorkerOptions& in) {
     caf::anon_send(w->head, child_exit_atom::value, role, rank, w->options.node_id,
                    static_cast<uint64_t>(e.pid), e.describe(), e.requested);
   });
-  auto worker = sys.spawn<caf::detached>(worker_actor, w);
+  worker_actor worker = sys.spawn<caf::detached>(worker_daemon, w);
   nlohmann::json node = {{"node_id", w->options.node_id},
                          {"hostname", hostname()},
                          {"devices", w->options.devices},

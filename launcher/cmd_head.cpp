@@ -87,6 +87,9 @@ void register_head(CLI::App& app, int& exit_code) {
                   "A peer silent this long is reported as hung")
       ->capture_default_str();
   cmd->add_option("--register-timeout-ms", a->head.register_timeout_ms)->capture_default_str();
+  cmd->add_option("--request-timeout-ms", a->head.request_timeout_ms,
+                  "A role that does not answer an operation this long is reported as hung")
+      ->capture_default_str();
   cmd->callback([a, cmd, &exit_code] { exit_code = run_head_cmd(*a, cmd->remaining()); });
 }
 

@@ -1,6 +1,7 @@
 #include "runtime/grpc_util.hpp"
 
 #include "backends/common/error.hpp"
+#include "runtime/tls.hpp"
 
 #include <chrono>
 
@@ -88,6 +89,16 @@ std::shared_ptr<grpc::Channel> make_channel(const std::string& target, int max_m
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
   // Each channel gets its own TCP connection (no sharing between unrelated clients).
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  const TlsConfig& tls = process_tls();
+  if (tls.enabled()) {
+    // Mutual TLS: the server's certificate must verify against our CA and name the
+    // target's host; ours is presented for the server to check.
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = tls.ca_pem;
+    ssl.pem_private_key = tls.key_pem;
+    ssl.pem_cert_chain = tls.cert_pem;
+    return grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args);
+  }
   return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
 }
 
@@ -96,7 +107,17 @@ std::unique_ptr<grpc::Server> start_server(const std::string& host, int port,
                                            int max_message_bytes) {
   grpc::ServerBuilder builder;
   std::string address = host + ":" + std::to_string(port);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), bound_port);
+  const TlsConfig& tls = process_tls();
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (tls.enabled()) {
+    // Clients must present a certificate signed by the CA (mutual TLS).
+    grpc::SslServerCredentialsOptions ssl(
+        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    ssl.pem_root_certs = tls.ca_pem;
+    ssl.pem_key_cert_pairs.push_back({tls.key_pem, tls.cert_pem});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  builder.AddListeningPort(address, credentials, bound_port);
   builder.SetMaxReceiveMessageSize(max_message_bytes);
   builder.SetMaxSendMessageSize(max_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);

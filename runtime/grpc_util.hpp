@@ -26,13 +26,15 @@ grpc::Status check_token(const grpc::ServerContext& context, const std::string& 
 // Adds `token` to the call's metadata and sets a deadline `deadline_ms` from now.
 void prepare_call(grpc::ClientContext& context, const std::string& token, int64_t deadline_ms);
 
-// An insecure channel to `target` ("host:port") with the size limit and keepalive pings
+// A channel to `target` ("host:port"; mutual TLS when runtime::process_tls() is set, else
+// plaintext) with the size limit and keepalive pings
 // (so a peer that stops answering fails the call instead of hanging it).
 std::shared_ptr<grpc::Channel> make_channel(const std::string& target,
                                             int max_message_bytes = kDefaultMaxMessageBytes);
 
-// Starts `service` on `host`:0 (an ephemeral port), or `host`:`port`. Sets the receive
-// size limit. Throws anvil::Error naming the address when it cannot listen.
+// Starts `service` on `host`:0 (an ephemeral port), or `host`:`port` (mutual TLS when
+// runtime::process_tls() is set). Sets the receive size limit. Throws anvil::Error naming the
+// address when it cannot listen.
 std::unique_ptr<grpc::Server> start_server(const std::string& host, int port,
                                            grpc::Service* service, int* bound_port,
                                            int max_message_bytes = kDefaultMaxMessageBytes);

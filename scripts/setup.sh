@@ -11,7 +11,8 @@ DEBS=(build-essential cmake ninja-build ccache pkg-config git python3 python3-ve
   clang libclang-rt-14-dev
   libcaf-dev libgloo-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libspdlog-dev libfmt-dev libgtest-dev libgmock-dev nlohmann-json3-dev libcli11-dev
-  libyaml-cpp-dev libcpp-httplib-dev libpcre2-dev libutf8proc-dev binutils)
+  libyaml-cpp-dev libcpp-httplib-dev libpcre2-dev libutf8proc-dev binutils
+  openssl iproute2)
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

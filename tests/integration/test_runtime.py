@@ -338,3 +338,19 @@ def test_wrong_token_garbage_and_unknown_role_are_refused(setup, tmp_path):
         c.close()
     p = run("actor", "--role", "judge", "--head", "127.0.0.1:1", "--node-id", "x", check=False)
     assert p.returncode == 1 and "unknown role 'judge'" in p.stderr, p.stderr
+
+
+def test_a_role_that_does_not_answer_an_operation_is_reported(setup):
+    """Every head -> role request has a deadline (--request-timeout-ms): a role whose
+    compute thread is stuck in a call (its front still answers heartbeats) is reported,
+    naming the role and the operation, and the job stops."""
+    d, model, data = setup
+    out = d / "timeout.json"
+    # 1 ms: no role loads its model that fast, so the init of some role times out.
+    p = run("head", "--in-process", "--report", str(out), "--request-timeout-ms", "1",
+            *job_flags(model, data, "--num-rollout", "1"), check=False)
+    assert p.returncode == 1, p.stderr
+    assert re.search(r"role \S+ rank 0 \(pid \d+\) on node in-process did not answer 'init' "
+                     r"within 1 ms", p.stderr), p.stderr
+    report = json.load(open(out))
+    assert not report["ok"] and "did not answer 'init'" in report["error"]
