@@ -436,6 +436,16 @@ void Controller::sync_weights(uint64_t version, nlohmann::json rollout_report) {
     engine_handles.push_back(e->front);
   }
   weight_source_actor train0 = trains[0]->front;
+  // A sharded train group gathers each tensor collectively: ranks 1.. take part in the push
+  // that the weight-sync actor asks of rank 0 (they send nothing themselves).
+  std::vector<RoleEntry*> helpers(trains.begin() + 1, trains.end());
+  ask_all(
+      helpers,
+      [=](RoleEntry&) {
+        return caf::make_message(push_weights_atom::value, version,
+                                 std::string(R"({"targets": []})"));
+      },
+      [](std::vector<nlohmann::json>) {});
   ask_all(
       {syncs[0]},
       [=, this](RoleEntry&) {
@@ -462,10 +472,10 @@ void Controller::sync_weights(uint64_t version, nlohmann::json rollout_report) {
 }
 
 void Controller::save_then_continue() {
-  // Train rank 0 holds the full model while the group has one rank (see TrainRole::init).
+  // Every train rank writes its part (a sharded group's checkpoint is collective).
   auto trains = roles_of("train");
   ask_all(
-      {trains[0]},
+      trains,
       [=, this](RoleEntry&) { return role_message(save_atom::value, st_->options.save_dir); },
       [=, this](std::vector<nlohmann::json> replies) {
         L()->info("checkpoint {} written under {}", replies[0].value("iteration", 0),

@@ -38,6 +38,12 @@ struct JobOptions {
   int64_t transfer_timeout_ms = 600000;  // --transfer-timeout-ms: gRPC deadline and waits
   bool disable_rewards_normalization = false;   // --disable-rewards-normalization
   bool disable_grpo_std_normalization = false;  // --disable-grpo-std-normalization
+  // Train group of W > 1 ranks (FSDP over c10d): rank 0 hosts the rendezvous store here.
+  std::string dist_master_addr = "127.0.0.1";  // --dist-master-addr
+  int dist_master_port = 0;                    // --dist-master-port (0: anvil head picks one)
+  bool reshard_after_forward = true;           // --reshard-after-forward / --no-reshard-...
+  bool fsdp_cpu_offload = false;               // --fsdp-cpu-offload
+  int64_t update_weight_buffer_size = int64_t{512} << 20;  // --update-weight-buffer-size
 
   // The reference model is needed for the KL loss or KL reward shaping.
   bool use_ref() const { return train.loss.use_kl_loss || train.advantage.kl_coef != 0.0; }

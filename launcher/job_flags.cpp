@@ -61,6 +61,21 @@ void add_job_flags(CLI::App& cmd, actors::JobOptions& job) {
       ->capture_default_str();
   cmd.add_flag("--disable-rewards-normalization", job.disable_rewards_normalization);
   cmd.add_flag("--disable-grpo-std-normalization", job.disable_grpo_std_normalization);
+  cmd.add_option("--dist-master-addr", job.dist_master_addr,
+                 "Address of train rank 0's rendezvous store (train groups of W > 1 ranks)")
+      ->capture_default_str();
+  cmd.add_option("--dist-master-port", job.dist_master_port,
+                 "Port of that store (0: anvil head picks a free one)")
+      ->capture_default_str();
+  cmd.add_flag("--reshard-after-forward,!--no-reshard-after-forward", job.reshard_after_forward,
+               "FSDP: free each layer's gathered weights after its forward")
+      ->capture_default_str();
+  cmd.add_flag("--fsdp-cpu-offload", job.fsdp_cpu_offload,
+               "FSDP: keep shards and the optimizer step on the CPU");
+  cmd.add_option("--update-weight-buffer-size", job.update_weight_buffer_size,
+                 "Bytes of full tensors gathered at once for a weight sync (FSDP)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
 }
 
 void parse_job_args(const std::vector<std::string>& args, actors::JobOptions& job,

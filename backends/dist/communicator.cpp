@@ -1,6 +1,7 @@
 #include "backends/dist/communicator.hpp"
 
 #include "backends/common/error.hpp"
+#include "backends/dist/nccl.hpp"
 
 #include <ATen/ATen.h>
 
@@ -8,14 +9,25 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <functional>
+
 namespace anvil::dist {
 namespace {
+
+struct Done final : PendingCollective {
+  void wait() override {}
+};
 
 class LocalCommunicator final : public Communicator {
  public:
   int rank() const override { return 0; }
   int size() const override { return 1; }
   void all_gather(at::Tensor& out, const at::Tensor& in) override { out.copy_(in.view_as(out)); }
+  std::unique_ptr<PendingCollective> all_gather_async(at::Tensor& out,
+                                                      const at::Tensor& in) override {
+    all_gather(out, in);
+    return std::make_unique<Done>();
+  }
   void reduce_scatter(at::Tensor& out, const at::Tensor& in) override {
     out.copy_(in.view_as(out));
   }
@@ -24,6 +36,45 @@ class LocalCommunicator final : public Communicator {
   void barrier() override {}
 };
 
+// Error text for a failed collective: names the rank, the operation and its size.
+[[noreturn]] void collective_failed(const CommOptions& o, const char* op, size_t bytes,
+                                    const std::exception& e) {
+  std::string what = e.what();
+  if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
+  fail("rank {} of {}: {} of {} bytes failed (a peer died, hung, or timed out after {} ms): {}",
+       o.rank, o.world_size, op, bytes, o.timeout.count(), what);
+}
+
+// Work started on a c10d backend, waited for with the group's timeout.
+class PendingWork final : public PendingCollective {
+ public:
+  PendingWork(const CommOptions& o, const char* op, size_t bytes,
+              c10::intrusive_ptr<c10d::Work> work, std::function<void()> finish)
+      : o_(o), op_(op), bytes_(bytes), work_(std::move(work)), finish_(std::move(finish)) {}
+  void wait() override {
+    if (!work_) return;
+    auto work = std::move(work_);
+    try {
+      if (!work->wait(o_.timeout)) fail("timed out");
+    } catch (const anvil::Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      collective_failed(o_, op_, bytes_, e);
+    }
+    if (finish_) finish_();
+  }
+
+ private:
+  CommOptions o_;
+  const char* op_;
+  size_t bytes_;
+  c10::intrusive_ptr<c10d::Work> work_;
+  std::function<void()> finish_;
+};
+
+// One c10d backend (Gloo or NCCL) behind the Communicator interface. NCCL works on CUDA
+// tensors only: a CPU tensor (grad-norm and metric reductions) is staged through the
+// current CUDA device and copied back.
 class C10dCommunicator final : public Communicator {
  public:
   explicit C10dCommunicator(const CommOptions& o) : o_(o) {
@@ -36,9 +87,17 @@ class C10dCommunicator final : public Communicator {
     so.useLibUV = false;
     try {
       store_ = c10::make_intrusive<c10d::TCPStore>(o.master_addr, so);
-      auto opts = c10d::ProcessGroupGloo::Options::create(o.timeout);
-      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(o.master_addr));
-      gloo_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store_, o.rank, o.world_size, opts);
+      if (o.backend == CommBackend::Nccl) {
+        stage_ = true;
+        pg_ = make_nccl_backend(store_, o.rank, o.world_size, o.timeout);
+      } else {
+        auto opts = c10d::ProcessGroupGloo::Options::create(o.timeout);
+        opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(o.master_addr));
+        pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store_, o.rank, o.world_size, opts);
+      }
+    } catch (const anvil::Error& e) {
+      fail("rank {}: joining the group of {} at {}:{} failed: {}", o.rank, o.world_size,
+           o.master_addr, o.master_port, e.what());
     } catch (const std::exception& e) {
       fail("rank {}: joining the group of {} at {}:{} failed: {}", o.rank, o.world_size,
            o.master_addr, o.master_port, e.what());
@@ -48,64 +107,89 @@ class C10dCommunicator final : public Communicator {
   int size() const override { return o_.world_size; }
 
   void all_gather(at::Tensor& out, const at::Tensor& in) override {
-    run("all_gather", in.nbytes(), [&] {
-      at::Tensor src = in.contiguous();
-      return gloo_->_allgather_base(out, src);
-    });
+    all_gather_async(out, in)->wait();
+  }
+  std::unique_ptr<PendingCollective> all_gather_async(at::Tensor& out,
+                                                      const at::Tensor& in) override {
+    return start("all_gather", in.nbytes(), {&out}, {in},
+                 [this](auto& o, auto& i) { return pg_->_allgather_base(o[0], i[0]); });
   }
   void reduce_scatter(at::Tensor& out, const at::Tensor& in) override {
-    run("reduce_scatter", in.nbytes(), [&] {
-      at::Tensor src = in.contiguous();
+    start("reduce_scatter", in.nbytes(), {&out}, {in}, [this](auto& o, auto& i) {
       c10d::ReduceScatterOptions ro;
       ro.reduceOp = c10d::ReduceOp::SUM;
       ro.timeout = o_.timeout;
-      return gloo_->_reduce_scatter_base(out, src, ro);
-    });
+      return pg_->_reduce_scatter_base(o[0], i[0], ro);
+    })->wait();
   }
   void all_reduce(at::Tensor& t) override {
-    run("all_reduce", t.nbytes(), [&] {
-      std::vector<at::Tensor> ts{t};
+    start("all_reduce", t.nbytes(), {&t}, {}, [this](auto& o, auto&) {
+      std::vector<at::Tensor> ts{o[0]};
       c10d::AllreduceOptions ao;
       ao.timeout = o_.timeout;
-      return gloo_->allreduce(ts, ao);
-    });
+      return pg_->allreduce(ts, ao);
+    })->wait();
   }
   void broadcast(at::Tensor& t, int root) override {
-    run("broadcast", t.nbytes(), [&] {
-      std::vector<at::Tensor> ts{t};
+    start("broadcast", t.nbytes(), {&t}, {}, [this, root](auto& o, auto&) {
+      std::vector<at::Tensor> ts{o[0]};
       c10d::BroadcastOptions bo;
       bo.rootRank = root;
       bo.timeout = o_.timeout;
-      return gloo_->broadcast(ts, bo);
-    });
+      return pg_->broadcast(ts, bo);
+    })->wait();
   }
   void barrier() override {
-    run("barrier", 0, [&] {
+    start("barrier", 0, {}, {}, [this](auto&, auto&) {
       c10d::BarrierOptions bo;
       bo.timeout = o_.timeout;
-      return gloo_->barrier(bo);
-    });
+      return pg_->barrier(bo);
+    })->wait();
   }
 
  private:
+  // Starts a collective on contiguous (and, for NCCL, device) copies of the arguments;
+  // outputs that had to be copied are written back when the work is waited for.
   template <typename F>
-  void run(const char* op, size_t bytes, F&& start) {
+  std::unique_ptr<PendingCollective> start(const char* op, size_t bytes,
+                                           std::vector<at::Tensor*> outs,
+                                           std::vector<at::Tensor> ins, F&& run) {
+    std::vector<at::Tensor> o, i;
+    std::vector<std::pair<at::Tensor*, at::Tensor>> copy_back;
+    for (at::Tensor* t : outs) {
+      at::Tensor w = *t;
+      if (stage_ && !w.is_cuda()) w = w.to(device());
+      if (!w.is_contiguous()) w = w.contiguous();
+      if (!w.is_same(*t)) {
+        w.copy_(*t);  // in-place ops (all_reduce, broadcast) read their output too
+        copy_back.emplace_back(t, w);
+      }
+      o.push_back(w);
+    }
+    for (const at::Tensor& t : ins) {
+      at::Tensor w = stage_ && !t.is_cuda() ? t.to(device()) : t;
+      i.push_back(w.contiguous());
+    }
+    c10::intrusive_ptr<c10d::Work> work;
     try {
-      auto work = start();
-      if (!work->wait(o_.timeout)) fail("timed out");
+      work = run(o, i);
     } catch (const anvil::Error&) {
       throw;
     } catch (const std::exception& e) {
-      std::string what = e.what();
-      if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
-      fail("rank {} of {}: {} of {} bytes failed (a peer died, hung, or timed out after {} ms): {}",
-           o_.rank, o_.world_size, op, bytes, o_.timeout.count(), what);
+      collective_failed(o_, op, bytes, e);
     }
+    auto keep = std::make_shared<std::vector<at::Tensor>>(i);  // inputs live until done
+    std::function<void()> finish = [copy_back, keep]() {
+      for (const auto& [dst, src] : copy_back) dst->copy_(src);
+    };
+    return std::make_unique<PendingWork>(o_, op, bytes, std::move(work), std::move(finish));
   }
+  at::Device device() const { return at::Device(at::kCUDA, device_index()); }
 
   CommOptions o_;
+  bool stage_ = false;
   c10::intrusive_ptr<c10d::Store> store_;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo_;
+  c10::intrusive_ptr<c10d::Backend> pg_;
 };
 
 }  // namespace
@@ -113,6 +197,12 @@ class C10dCommunicator final : public Communicator {
 std::shared_ptr<Communicator> Communicator::create(const CommOptions& o) {
   if (o.world_size < 1) fail("world size must be >= 1, got {}", o.world_size);
   if (o.rank < 0 || o.rank >= o.world_size) fail("rank {} outside [0, {})", o.rank, o.world_size);
+  if (o.backend == CommBackend::Nccl && !nccl_available()) {
+    fail(
+        "rank {}: an NCCL group was asked for, but this build has no NCCL support (LibTorch "
+        "with CUDA and the NCCL headers; see backends/dist/README.md)",
+        o.rank);
+  }
   if (o.world_size == 1) return std::make_shared<LocalCommunicator>();
   return std::make_shared<C10dCommunicator>(o);
 }

@@ -1,5 +1,5 @@
 // Collectives for one training group over c10d: rendezvous through a TCPStore hosted by
-// rank 0, ProcessGroupGloo for CPU tensors (ProcessGroupNCCL for CUDA ones where built).
+// rank 0, ProcessGroupGloo for CPU tensors or ProcessGroupNCCL for CUDA ones (where built).
 // Every collective waits with the group's timeout; a peer that died or hangs surfaces as
 // an anvil::Error naming this rank, the operation and its size, never as a silent hang.
 // A group of one needs no store and does every collective locally.
@@ -14,12 +14,28 @@
 
 namespace anvil::dist {
 
+// Which c10d backend carries the collectives: Gloo (CPU tensors) or NCCL (CUDA tensors; a
+// CPU tensor given to an NCCL group is staged through the current CUDA device).
+enum class CommBackend { Gloo, Nccl };
+
 struct CommOptions {
   std::string master_addr = "127.0.0.1";  // where rank 0 hosts the TCPStore
   int master_port = 29500;
   int rank = 0;
   int world_size = 1;
   std::chrono::milliseconds timeout{std::chrono::seconds(120)};  // every collective
+  CommBackend backend = CommBackend::Gloo;
+};
+
+// Whether this build can create NCCL groups (LibTorch with CUDA and NCCL headers found).
+bool nccl_available();
+
+// A collective in flight (see Communicator::all_gather_async). wait() blocks until it is
+// done, with the group's timeout and error naming; waiting twice is a no-op.
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  virtual void wait() = 0;
 };
 
 class Communicator {
@@ -32,6 +48,10 @@ class Communicator {
   virtual int size() const = 0;
   // out = concat over ranks of `in` (out.numel() == size() * in.numel(), both contiguous).
   virtual void all_gather(at::Tensor& out, const at::Tensor& in) = 0;
+  // The same, started now and finished by wait() (FSDP's prefetch of the next layer). `out`
+  // and `in` must stay alive and untouched until then.
+  virtual std::unique_ptr<PendingCollective> all_gather_async(at::Tensor& out,
+                                                              const at::Tensor& in) = 0;
   // out = rank's slice of the element-wise SUM over ranks of `in` (in = size() slices).
   virtual void reduce_scatter(at::Tensor& out, const at::Tensor& in) = 0;
   // t = element-wise SUM over ranks, in place.

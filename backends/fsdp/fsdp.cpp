@@ -78,24 +78,57 @@ struct FsdpModel::Impl {
     return n;
   }
 
-  // All-gathers group g into the full parameter tensors (compute dtype).
-  void unshard(size_t g) {
-    if (gathered[g]) return;
+  // A group's all-gather in flight (prefetch of the layer that runs next).
+  struct Gather {
+    std::unique_ptr<dist::PendingCollective> work;
+    at::Tensor local, out;
+  };
+  std::vector<std::unique_ptr<Gather>> pending;  // per group
+
+  // Starts all-gathering group g (compute dtype) into a flat buffer.
+  std::unique_ptr<Gather> start_gather(size_t g) {
     at::NoGradGuard no_grad;
     const int64_t total = group_numel(g);
     auto opts = at::TensorOptions().dtype(dtype).device(device);
-    at::Tensor local = at::empty({total}, opts);
+    auto ga = std::make_unique<Gather>();
+    ga->local = at::empty({total}, opts);
     int64_t off = 0;
     for (int i : groups[g]) {
       const Param& p = params[i];
       const int64_t m = p.shard_rows * p.row_numel;
-      local.narrow(0, off, m).copy_(p.shard.reshape({m}));
+      ga->local.narrow(0, off, m).copy_(p.shard.reshape({m}));
       off += m;
     }
-    at::Tensor out = at::empty({W() * total}, opts);
-    comm->all_gather(out, local);
-    at::Tensor grid = out.view({W(), total});
-    off = 0;
+    ga->out = at::empty({W() * total}, opts);
+    ga->work = comm->all_gather_async(ga->out, ga->local);
+    return ga;
+  }
+
+  // Prefetch: group g's gather starts now and overlaps the current layer's compute. Every
+  // rank prefetches the same groups in the same order, so the collectives still match.
+  void prefetch(size_t g) {
+    if (g >= root() || gathered[g] || pending[g]) return;
+    pending[g] = start_gather(g);
+  }
+
+  // Waits for every prefetch in flight (before the shards change).
+  void drain() {
+    for (auto& p : pending) {
+      if (p) p->work->wait();
+      p.reset();
+    }
+  }
+
+  // All-gathers group g into the full parameter tensors (compute dtype), using its
+  // prefetch when one is in flight.
+  void unshard(size_t g) {
+    if (gathered[g]) return;
+    at::NoGradGuard no_grad;
+    std::unique_ptr<Gather> ga = pending[g] ? std::move(pending[g]) : start_gather(g);
+    ga->work->wait();
+    const int64_t total = group_numel(g);
+    at::Tensor grid = ga->out.view({W(), total});
+    int64_t off = 0;
     for (int i : groups[g]) {
       const Param& p = params[i];
       const int64_t m = p.shard_rows * p.row_numel;
@@ -177,6 +210,7 @@ struct FsdpLayer : public torch::autograd::Function<FsdpLayer> {
     FsdpModel::Impl& f = *call->fsdp;
     const size_t g = static_cast<size_t>(call->layer);
     f.unshard(g);
+    f.prefetch(g + 1);
     at::Tensor out;
     if (call->recompute) {
       ctx->save_for_backward({h});
@@ -198,6 +232,7 @@ struct FsdpLayer : public torch::autograd::Function<FsdpLayer> {
     FsdpModel::Impl& f = *call->fsdp;
     const size_t g = static_cast<size_t>(call->layer);
     f.unshard(g);
+    if (g > 0) f.prefetch(g - 1);  // backward runs the layers in reverse
     at::Tensor h_leaf = call->h_leaf, out = call->out_graph;
     if (call->recompute) {
       h_leaf = ctx->get_saved_variables()[0].detach().requires_grad_(true);
@@ -273,6 +308,7 @@ FsdpModel::FsdpModel(std::shared_ptr<dist::Communicator> comm, const std::filesy
     if (!in_layer[i]) root.push_back(static_cast<int>(i));
   f.groups.push_back(std::move(root));
   f.gathered.assign(f.groups.size(), false);
+  f.pending.resize(f.groups.size());
   f.unshard(f.root());
 
   Impl* self = &f;
@@ -280,6 +316,7 @@ FsdpModel::FsdpModel(std::shared_ptr<dist::Communicator> comm, const std::filesy
                                    std::shared_ptr<const models::DecoderModel::LayerInputs> in) {
     if (!at::GradMode::is_enabled()) {  // log-prob passes: gather, run, free
       self->unshard(static_cast<size_t>(layer));
+      self->prefetch(static_cast<size_t>(layer) + 1);
       at::Tensor out = self->model->layer_forward(layer, h, *in);
       self->reshard(static_cast<size_t>(layer));
       return out;
@@ -343,7 +380,10 @@ train::TrainerHooks FsdpModel::trainer_hooks() {
         x = col.sum().item<double>();
     }
   };
-  h.before_optimizer_step = [f] { reduce_root_grads(*f); };
+  h.before_optimizer_step = [f] {
+    f->drain();  // a prefetch of the old values must not outlive the step
+    reduce_root_grads(*f);
+  };
   h.after_optimizer_step = [f] {
     // New shard values: the root group is gathered again (layers gather on demand).
     f->gathered[f->root()] = false;
@@ -354,16 +394,55 @@ train::TrainerHooks FsdpModel::trainer_hooks() {
 
 void FsdpModel::for_each_full_tensor(
     const std::function<void(const std::string&, const at::Tensor&)>& fn) {
+  for_each_full_bucket(0, at::kFloat, [&](const std::vector<NamedTensor>& bucket) {
+    for (const auto& [name, t] : bucket) fn(name, t);
+  });
+}
+
+void FsdpModel::for_each_full_bucket(
+    int64_t bucket_bytes, at::ScalarType dtype,
+    const std::function<void(const std::vector<NamedTensor>&)>& fn) {
   Impl& f = *impl_;
+  f.drain();
   at::NoGradGuard no_grad;
-  for (const Param& p : f.params) {
-    const int64_t m = p.shard_rows * p.row_numel;
-    at::Tensor local = p.shard.reshape({m}).to(f.device);
-    at::Tensor out = at::empty({f.W() * m}, local.options());
+  const int64_t elem = static_cast<int64_t>(c10::elementSize(dtype));
+  const auto& specs = f.model->specs();
+  auto opts = at::TensorOptions().dtype(dtype).device(f.device);
+  size_t first = 0;
+  while (first < f.params.size()) {
+    // The bucket: tensors in HF order while their shards fit (at least one tensor).
+    size_t last = first;
+    int64_t total = 0;
+    do {
+      const Param& p = f.params[last];
+      total += p.shard_rows * p.row_numel;
+      ++last;
+    } while (last < f.params.size() &&
+             (total + f.params[last].shard_rows * f.params[last].row_numel) * elem * f.W() <=
+                 bucket_bytes);
+    at::Tensor local = at::empty({total}, opts);
+    int64_t off = 0;
+    for (size_t k = first; k < last; ++k) {
+      const Param& p = f.params[k];
+      const int64_t m = p.shard_rows * p.row_numel;
+      local.narrow(0, off, m).copy_(p.shard.reshape({m}));
+      off += m;
+    }
+    at::Tensor out = at::empty({f.W() * total}, opts);
     f.comm->all_gather(out, local);
-    at::Tensor full = out.view({f.W() * p.shard_rows, p.row_numel}).narrow(0, 0, p.rows);
-    fn(f.model->specs()[static_cast<size_t>(p.index)].name,
-       full.reshape(f.model->specs()[static_cast<size_t>(p.index)].shape));
+    at::Tensor grid = out.view({f.W(), total});
+    std::vector<NamedTensor> bucket;
+    off = 0;
+    for (size_t k = first; k < last; ++k) {
+      const Param& p = f.params[k];
+      const int64_t m = p.shard_rows * p.row_numel;
+      const auto& spec = specs[static_cast<size_t>(p.index)];
+      at::Tensor rows = grid.narrow(1, off, m).reshape({f.W() * p.shard_rows, p.row_numel});
+      bucket.emplace_back(spec.name, rows.narrow(0, 0, p.rows).reshape(spec.shape));
+      off += m;
+    }
+    fn(bucket);
+    first = last;
   }
 }
 

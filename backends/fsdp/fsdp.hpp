@@ -15,6 +15,9 @@
 // gradient checkpointing the layer is recomputed in backward instead of keeping its graph.
 // The root group stays gathered; its gradients are reduce-scattered before each step.
 //
+// Prefetch: while layer l runs forward, layer l + 1's all-gather is already in flight (in
+// backward, layer l - 1's), as FSDP2's implicit prefetch does.
+//
 // Loading reads only this rank's rows of each tensor from the HF safetensors.
 #pragma once
 
@@ -30,6 +33,7 @@
 #include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace anvil::fsdp {
@@ -56,8 +60,15 @@ class FsdpModel {
   train::TrainerHooks trainer_hooks();
 
   // Calls fn(name, full tensor) for every parameter in HF order, gathering one tensor at a
-  // time (every rank takes part; every rank receives the tensor).
+  // time in fp32 (every rank takes part; every rank receives the tensor).
   void for_each_full_tensor(const std::function<void(const std::string&, const at::Tensor&)>& fn);
+
+  // Weight sync (--update-weight-buffer-size): the full tensors in HF order, in buckets of
+  // at most `bucket_bytes` (at least one tensor each) as `dtype`, one all-gather per bucket
+  // in which every rank contributes its shards; fn gets each bucket, on every rank.
+  using NamedTensor = std::pair<std::string, at::Tensor>;
+  void for_each_full_bucket(int64_t bucket_bytes, at::ScalarType dtype,
+                            const std::function<void(const std::vector<NamedTensor>&)>& fn);
 
   // Sharded training checkpoint (every rank calls it): <save>/iter_NNNNNNN/ holds model/
   // (the full model as an HF directory, written by rank 0), fsdp/rank_R-of-W.safetensors

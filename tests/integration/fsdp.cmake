@@ -5,3 +5,7 @@ if(ANVIL_HAVE_DIST)
   anvil_use_torch_pch(fsdp_tool)
   anvil_integration_test(integration_fsdp test_fsdp.py)
 endif()
+# FSDP train groups inside the RL job (head, workers, roles).
+if(ANVIL_HAVE_DIST)
+  anvil_integration_test(integration_fsdp_job test_fsdp_job.py)
+endif()

@@ -4,7 +4,7 @@
 //
 //   fsdp_tool --model DIR --out DIR [--world W --rank R --port P] [--single]
 //             [--rollouts K] [--ckpt] [--offload] [--no-reshard] [--die-at-rollout N]
-//             [--timeout-ms T]
+//             [--timeout-ms T] [--bucket-bytes B]
 #include "backends/common/error.hpp"
 #include "backends/dist/communicator.hpp"
 #include "backends/fsdp/fsdp.hpp"
@@ -47,6 +47,7 @@ int main(int argc, char** argv) {
   int world = 1, rank = 0, port = 29500, rollouts = 2, die_at = -1;
   int64_t timeout_ms = 60000, max_tokens = 40;
   bool single = false, ckpt = false, offload = false, reshard = true;
+  int64_t bucket_bytes = -1;  // >= 0: write the weights through for_each_full_bucket
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return std::string(argv[++i]); };
@@ -82,6 +83,8 @@ int main(int argc, char** argv) {
       ckpt = true;
     else if (a == "--offload")
       offload = true;
+    else if (a == "--bucket-bytes")
+      bucket_bytes = std::stoll(next());
     else if (a == "--no-reshard")
       reshard = false;
     else {
@@ -154,11 +157,29 @@ int main(int argc, char** argv) {
     if (single) {
       for (size_t i = 0; i < model.specs().size(); ++i)
         write(model.specs()[i].name, model.parameters()[i]);
-    } else {
+    } else if (bucket_bytes < 0) {
       sharded->for_each_full_tensor(write);
+    }
+    int64_t buckets = 0, max_bucket = 0, max_tensor = 0;
+    if (!single && bucket_bytes >= 0) {
+      sharded->for_each_full_bucket(
+          bucket_bytes, at::kFloat, [&](const std::vector<fsdp::FsdpModel::NamedTensor>& b) {
+            int64_t bytes = 0;
+            for (const auto& [name, t] : b) {
+              write(name, t);
+              bytes += static_cast<int64_t>(t.nbytes());
+              max_tensor = std::max<int64_t>(max_tensor, static_cast<int64_t>(t.nbytes()));
+            }
+            ++buckets;
+            if (b.size() > 1) max_bucket = std::max(max_bucket, bytes);
+          });
     }
     if (single || rank == 0) writer.finish();
     nlohmann::json j = {{"metrics", last}, {"rank", rank}};
+    if (bucket_bytes >= 0) {
+      j["buckets"] = buckets;
+      j["max_multi_tensor_bucket_bytes"] = max_bucket;
+    }
     if (!single)
       j["shard_bytes"] = sharded->shard_bytes();
     else {

@@ -69,6 +69,7 @@ CASES = [
     (3, ["--ckpt"]),
     (2, ["--no-reshard"]),
     (3, ["--ckpt", "--offload", "--no-reshard"]),
+    (2, ["--bucket-bytes", "40000"]),  # weights written from the weight-sync buckets
 ]
 
 
@@ -88,6 +89,18 @@ def test_matches_single_process(model, reference, world, extra):
     info = json.loads(results[0][1])
     for k in ("loss", "pg_loss", "entropy_loss", "tokens", "grad_norm"):
         assert abs(info["metrics"][k] - ref_info["metrics"][k]) < 1e-4 * max(1, abs(ref_info["metrics"][k])), k
+
+
+def test_weight_sync_buckets_respect_the_buffer_size(model):
+    d, path = model
+    results = run_group(path, str(d / "buckets"), 2, ["--rollouts", "1", "--bucket-bytes", "40000"])
+    infos = [json.loads(so) for rc, so, se in results]
+    # Every rank sees the same buckets; a bucket of several tensors stays within the size.
+    assert infos[0]["buckets"] == infos[1]["buckets"] > 1
+    assert 0 < infos[0]["max_multi_tensor_bucket_bytes"] <= 40000
+    whole = run_group(path, str(d / "one-bucket"), 2, ["--rollouts", "1", "--bucket-bytes",
+                                                       str(1 << 40)])
+    assert json.loads(whole[0][1])["buckets"] == 1
 
 
 def test_shard_memory_scales_with_world_size(model, reference):

@@ -1,0 +1,320 @@
+// The train role: receives rollouts, trains on them, pushes weights to the engines.
+#include "actors/job_options.hpp"
+#include "actors/role.hpp"
+#include "actors/role_util.hpp"
+#include "backends/common/error.hpp"
+#include "backends/dist/communicator.hpp"
+#include "backends/fsdp/fsdp.hpp"
+#include "backends/models/weights.hpp"
+#include "backends/train/checkpoint.hpp"
+#include "runtime/crc32c.hpp"
+#include "runtime/data_plane.hpp"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+
+namespace anvil::actors {
+
+namespace {
+
+using namespace detail;
+
+// ---- train ------------------------------------------------------------------------------
+//
+// One rank of the train group. With one rank the model lives whole on this process (the
+// engine's single-rank path). With W > 1 ranks the group trains as FSDP over a c10d
+// communicator (--train-backend fsdp): every rank holds 1/W of the parameters, gradients
+// and AdamW state. Rollout samples arrive split by prompt group over the ranks (as slime's
+// data-parallel split does); the ranks all-gather them so every rank schedules the same
+// global batch (the Trainer picks each rank's micro-batches). Weight pushes, checkpoints and
+// checksums gather full tensors and so are collective: the controller calls every rank.
+
+// Samples in one canonical order: by prompt group, then as generated. The order a rollout
+// arrives in depends on how many engines made it and how many ranks received it; training
+// must not (W ranks train what one rank would).
+void canonical_order(std::vector<runtime::WireSample>& samples) {
+  std::stable_sort(samples.begin(), samples.end(),
+                   [](const runtime::WireSample& a, const runtime::WireSample& b) {
+                     return a.group_id < b.group_id;
+                   });
+}
+
+nlohmann::json sample_to_json(const runtime::WireSample& s) {
+  return {{"t", s.tokens},          {"r", s.response_length},   {"m", s.loss_mask},
+          {"w", s.reward},          {"lp", s.rollout_logprobs}, {"ref", s.ref_logprobs},
+          {"v", s.weight_version},  {"g", s.group_id},          {"st", s.status},
+          {"meta", s.metadata_json}};
+}
+
+runtime::WireSample sample_from_json(const nlohmann::json& j) {
+  runtime::WireSample s;
+  s.tokens = j.at("t").get<std::vector<int64_t>>();
+  s.response_length = j.at("r").get<int64_t>();
+  s.loss_mask = j.at("m").get<std::vector<float>>();
+  s.reward = j.at("w").get<double>();
+  s.rollout_logprobs = j.at("lp").get<std::vector<float>>();
+  s.ref_logprobs = j.at("ref").get<std::vector<float>>();
+  s.weight_version = j.at("v").get<uint64_t>();
+  s.group_id = j.at("g").get<int64_t>();
+  s.status = j.at("st").get<int>();
+  s.metadata_json = j.at("meta").get<std::string>();
+  return s;
+}
+
+// Every rank's samples, on every rank (variable sizes: lengths first, then padded bytes).
+std::vector<runtime::WireSample> all_gather_samples(dist::Communicator& comm,
+                                                    const std::vector<runtime::WireSample>& mine) {
+  nlohmann::json arr = nlohmann::json::array();
+  for (const auto& s : mine) arr.push_back(sample_to_json(s));
+  std::vector<uint8_t> bytes = nlohmann::json::to_msgpack(arr);
+  const int64_t w = comm.size();
+  at::Tensor len = at::tensor({static_cast<int64_t>(bytes.size())}, at::kLong);
+  at::Tensor lens = at::empty({w}, at::kLong);
+  comm.all_gather(lens, len);
+  int64_t max_len = lens.max().item<int64_t>();
+  at::Tensor buf = at::zeros({max_len}, at::kByte);
+  if (!bytes.empty()) std::memcpy(buf.data_ptr(), bytes.data(), bytes.size());
+  at::Tensor all = at::empty({w * max_len}, at::kByte);
+  comm.all_gather(all, buf);
+  std::vector<runtime::WireSample> out;
+  const uint8_t* base = all.data_ptr<uint8_t>();
+  for (int64_t r = 0; r < w; ++r) {
+    const int64_t n = lens[r].item<int64_t>();
+    const uint8_t* p = base + r * max_len;
+    nlohmann::json part = nlohmann::json::from_msgpack(p, p + n);
+    for (const auto& j : part) out.push_back(sample_from_json(j));
+  }
+  return out;
+}
+
+class TrainRole final : public Role {
+ public:
+  TrainRole(RoleContext ctx, const JobOptions& job)
+      : Role("train"), ctx_(std::move(ctx)), job_(job) {}
+
+  std::string init() override {
+    if (job_.train_backend != "fsdp" && job_.train_backend != "megatron") {
+      fail("--train-backend must be fsdp or megatron, got '{}'", job_.train_backend);
+    }
+    world_ = job_.placement.actor_num_nodes * job_.placement.actor_num_gpus_per_node;
+    if (world_ < 1) fail("the train group needs at least one rank, got {}", world_);
+    if (ctx_.rank < 0 || ctx_.rank >= world_) {
+      fail("train rank {} outside the group of {} ranks", ctx_.rank, world_);
+    }
+    if (world_ == 1) {
+      model_ = load_model(job_);
+      trainer_ = std::make_unique<train::Trainer>(*model_, job_.train);
+    } else {
+      if (job_.train_backend != "fsdp") {
+        fail("--train-backend {} with {} train ranks: only fsdp is wired into the train role",
+             job_.train_backend, world_);
+      }
+      if (job_.dist_master_port <= 0) {
+        fail(
+            "train group of {} ranks: --dist-master-port is not set (anvil head picks a free "
+            "port when it starts the job)",
+            world_);
+      }
+      dist::CommOptions co;
+      co.master_addr = job_.dist_master_addr;
+      co.master_port = job_.dist_master_port;
+      co.rank = ctx_.rank;
+      co.world_size = world_;
+      co.timeout = std::chrono::milliseconds(job_.transfer_timeout_ms);
+      comm_ = dist::Communicator::create(co);
+      fsdp::FsdpOptions fo;
+      fo.reshard_after_forward = job_.reshard_after_forward;
+      fo.cpu_offload = job_.fsdp_cpu_offload;
+      fsdp_ = std::make_unique<fsdp::FsdpModel>(
+          comm_, job_.model, models::parse_dtype_name(job_.dtype), at::Device(at::kCPU), fo);
+      train::TrainerOptions o = job_.train;
+      o.schedule.dp_size = world_;
+      o.dp_rank = ctx_.rank;
+      trainer_ = std::make_unique<train::Trainer>(fsdp_->model(), o, fsdp_->trainer_hooks());
+    }
+    runtime::RolloutReceiver::Options o;
+    o.host = ctx_.bind_host;
+    receiver_ = std::make_unique<runtime::RolloutReceiver>(ctx_.token, o);
+    return info();
+  }
+
+  std::string train(uint64_t first_id, uint64_t parts) override {
+    uint64_t rollout_id = first_id;
+    runtime::Rollout r;
+    for (uint64_t i = 0; i < parts; ++i) {
+      runtime::Rollout p = receiver_->take(first_id + i, job_.transfer_timeout_ms);
+      for (auto& s : p.samples) r.samples.push_back(std::move(s));
+    }
+    if (comm_) r.samples = all_gather_samples(*comm_, r.samples);
+    canonical_order(r.samples);
+    if (r.samples.empty()) fail("train rank {}: rollout {} has no samples", ctx_.rank, rollout_id);
+    std::vector<double> raw;
+    for (const auto& s : r.samples) raw.push_back(s.reward);
+    int64_t group = job_.rollout.n_samples_per_prompt;
+    if (static_cast<int64_t>(raw.size()) % group != 0) {
+      fail(
+          "train rank {}: rollout {} has {} samples, not whole groups of "
+          "--n-samples-per-prompt {}",
+          ctx_.rank, rollout_id, raw.size(), group);
+    }
+    std::vector<double> rewards = train::post_process_rewards(
+        raw, job_.train.advantage.estimator, group, !job_.disable_rewards_normalization,
+        !job_.disable_grpo_std_normalization);
+    std::vector<train::TrainSample> samples;
+    std::vector<at::Tensor> ref;
+    bool have_ref = true;
+    for (size_t i = 0; i < r.samples.size(); ++i) {
+      samples.push_back(to_train_sample(r.samples[i]));
+      samples.back().reward = rewards[i];
+      const auto& lp = r.samples[i].ref_logprobs;
+      if (lp.empty()) have_ref = false;
+      ref.push_back(at::tensor(at::ArrayRef<float>(lp.data(), lp.size()), at::kFloat));
+    }
+    if (job_.use_ref() && !have_ref) {
+      fail(
+          "train rank {}: rollout {} came without reference log-probs, which --use-kl-loss / "
+          "--kl-coef need",
+          ctx_.rank, rollout_id);
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    std::vector<train::Metrics> steps =
+        trainer_->train_rollout(samples, have_ref ? ref : std::vector<at::Tensor>{});
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ++version_;
+    nlohmann::json out = {{"rollout_id", rollout_id},   {"rank", ctx_.rank},
+                          {"world_size", world_},       {"samples", samples.size()},
+                          {"weight_version", version_}, {"seconds", seconds}};
+    out["steps"] = nlohmann::json::array();
+    for (const auto& m : steps) {
+      nlohmann::json step;
+      for (const auto& [k, v] : m) step[k] = json_number(v);
+      out["steps"].push_back(step);
+    }
+    return out.dump();
+  }
+
+  // Collective with W > 1: every rank gathers its share of each tensor; rank 0 pushes.
+  std::string push_weights(uint64_t version, const std::string& targets_json) override {
+    if (version != version_) {
+      fail("train rank {} holds weight version {}, asked to push {}", ctx_.rank, version_, version);
+    }
+    auto j = parse_json(targets_json, "update-weights targets");
+    std::vector<at::Tensor> keep;
+    uint32_t crc = 0;
+    std::vector<runtime::TensorView> views = full_weight_views(keep, crc, ctx_.rank == 0);
+    if (ctx_.rank != 0) {
+      return nlohmann::json{{"weight_version", version}, {"rank", ctx_.rank}, {"gathered", true}}
+          .dump();
+    }
+    nlohmann::json out = {{"weight_version", version}, {"checksum", crc}};
+    out["targets"] = nlohmann::json::array();
+    for (const auto& t : j.value("targets", nlohmann::json::array())) {
+      runtime::WeightPushOptions o;
+      o.shared_memory = t.value("shared_memory", false);
+      o.deadline_ms = job_.transfer_timeout_ms;
+      std::string endpoint = t.value("endpoint", "");
+      auto t0 = std::chrono::steady_clock::now();
+      auto& pusher = pushers_[endpoint];
+      if (!pusher) pusher = std::make_unique<runtime::WeightPusher>(endpoint, ctx_.token);
+      auto res = pusher->push(version, views, o);
+      double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      out["targets"].push_back({{"endpoint", endpoint},
+                                {"shared_memory", o.shared_memory},
+                                {"chunks", res.chunks},
+                                {"bytes", res.bytes},
+                                {"tensors", res.tensors},
+                                {"seconds", s}});
+    }
+    return out.dump();
+  }
+
+  // Collective with W > 1 (gathers every tensor to checksum it).
+  std::string version() override {
+    return nlohmann::json{{"weight_version", version_}, {"checksum", checksum()}}.dump();
+  }
+
+  // Collective with W > 1: every rank writes its shard file, rank 0 the HF model/.
+  std::string save(const std::string& dir) override {
+    nlohmann::json state = {{"weight_version", version_}};
+    if (fsdp_) {
+      fsdp_->save_checkpoint(dir, static_cast<int64_t>(version_), trainer_->optimizer(), state);
+    } else {
+      train::save_checkpoint(dir, static_cast<int64_t>(version_), *model_, trainer_->optimizer(),
+                             state);
+    }
+    return nlohmann::json{{"saved", dir}, {"iteration", version_}, {"rank", ctx_.rank}}.dump();
+  }
+
+ private:
+  // The full weights in HF order as views (kept alive by `keep`) and their CRC-32C. One
+  // rank: the model's own tensors. FSDP: gathered in buckets of --update-weight-buffer-size
+  // in the model's dtype (every rank takes part); only `keep_tensors` ranks keep them.
+  std::vector<runtime::TensorView> full_weight_views(std::vector<at::Tensor>& keep, uint32_t& crc,
+                                                     bool keep_tensors = true) {
+    keep.clear();
+    crc = 0;
+    if (!fsdp_) {
+      auto views = weight_views(*model_, keep);
+      for (const auto& v : views) crc = runtime::crc32c(v.data, v.bytes, crc);
+      return views;
+    }
+    std::vector<runtime::TensorView> views;
+    const at::ScalarType dtype = models::parse_dtype_name(job_.dtype);
+    fsdp_->for_each_full_bucket(job_.update_weight_buffer_size, dtype,
+                                [&](const std::vector<fsdp::FsdpModel::NamedTensor>& bucket) {
+                                  for (const auto& [name, full] : bucket) {
+                                    at::Tensor t = full.detach().to(at::kCPU).contiguous();
+                                    crc = runtime::crc32c(static_cast<const uint8_t*>(t.data_ptr()),
+                                                          t.nbytes(), crc);
+                                    if (!keep_tensors) continue;
+                                    keep.push_back(t);
+                                    runtime::TensorView v;
+                                    v.name = name;
+                                    v.dtype = st_dtype(t.scalar_type());
+                                    v.shape = t.sizes().vec();
+                                    v.data = static_cast<const uint8_t*>(t.data_ptr());
+                                    v.bytes = t.nbytes();
+                                    views.push_back(std::move(v));
+                                  }
+                                });
+    return views;
+  }
+  uint32_t checksum() {
+    std::vector<at::Tensor> keep;
+    uint32_t crc = 0;
+    full_weight_views(keep, crc, /*keep_tensors=*/false);
+    return crc;
+  }
+  std::string info() {
+    return nlohmann::json{{"role", "train"},
+                          {"rank", ctx_.rank},
+                          {"world_size", world_},
+                          {"endpoint", ctx_.bind_host + ":" + std::to_string(receiver_->port())},
+                          {"weight_version", version_},
+                          {"checksum", checksum()}}
+        .dump();
+  }
+  RoleContext ctx_;
+  JobOptions job_;
+  int world_ = 1;
+  std::unique_ptr<models::DecoderModel> model_;  // one rank
+  std::shared_ptr<dist::Communicator> comm_;     // W > 1
+  std::unique_ptr<fsdp::FsdpModel> fsdp_;        // W > 1
+  std::unique_ptr<train::Trainer> trainer_;
+  std::unique_ptr<runtime::RolloutReceiver> receiver_;
+  std::map<std::string, std::unique_ptr<runtime::WeightPusher>> pushers_;  // by endpoint
+  uint64_t version_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Role> make_train_role(const RoleContext& context, const JobOptions& job) {
+  return std::make_unique<TrainRole>(context, job);
+}
+
+}  // namespace anvil::actors

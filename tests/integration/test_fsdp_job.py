@@ -1,0 +1,96 @@
+"""FSDP train groups inside the RL job: `--actor-num-gpus-per-node 2` (or two nodes of one)
+makes the train role a group of two ranks that shard the model over c10d (Gloo). The group
+must train what one rank trains: the same rollouts (sorted into one canonical order), the
+same steps, the weights equal within fp32 reduction-order noise; weight pushes, checksums
+and checkpoints are collective (every rank gathers its share, rank 0 sends)."""
+import json
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from test_runtime import Cluster, assert_no_processes, job_flags, run
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fsdp-job")
+    model = str(d / "model")
+    run("init-model", "--arch", "qwen3", "--preset", "tiny", "--out", model, "--seed", "3")
+    data = d / "prompts.jsonl"
+    with open(data, "w") as f:
+        for i in range(64):
+            f.write(json.dumps({"prompt": f"count to {i}:", "label": str(i)}) + "\n")
+    return d, model, str(data)
+
+
+def grpo(model, data, save, *extra):
+    # lr 1e-3 / eps 1e-6: Adam's division by sqrt(v) + eps would otherwise blow the
+    # last-bit differences of another reduction order up into visible weight differences.
+    return job_flags(model, data, "--num-rollout", "3", "--lr", "1e-3", "--adam-eps", "1e-6",
+                     "--use-kl-loss", "--kl-loss-coef", "0.01", "--save", str(save),
+                     "--save-interval", "3", *extra)
+
+
+def weights(ckpt, iteration=3):
+    return load_file(os.path.join(ckpt, f"iter_{iteration:07d}", "model", "model.safetensors"))
+
+
+def assert_close(a, b, tol=1e-5):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.abs(a[k].astype(np.float64) - b[k]).max() <= tol, k
+
+
+def check_group_report(report, world):
+    assert report["ok"], report
+    assert len(report["rollouts"]) == 3
+    for k, r in enumerate(report["rollouts"]):
+        train = r["train"]
+        assert len(train) == world and {t["rank"] for t in train} == set(range(world))
+        assert all(t["world_size"] == world and t["samples"] == 4 for t in train)
+        # Every rank saw the whole rollout and reports the same (all-reduced) step metrics.
+        assert all(t["steps"] == train[0]["steps"] for t in train)
+        sync = r["sync"]
+        assert sync["weight_version"] == k + 1
+        for e in sync["engines"]:
+            assert e["weight_version"] == k + 1 and e["checksum"] == sync["checksum"]
+
+
+def test_in_process_group_of_two_trains_like_one_rank(setup):
+    d, model, data = setup
+    one, two = d / "one", d / "two"
+    for ranks, save in ((1, one), (2, two)):
+        report = d / f"report-{ranks}.json"
+        p = run("head", "--in-process", "--report", str(report),
+                *grpo(model, data, save, "--actor-num-gpus-per-node", str(ranks)), check=False)
+        assert p.returncode == 0, p.stderr
+        check_group_report(json.load(open(report)), ranks)
+    assert_close(weights(one), weights(two))
+    # The sharded checkpoint: one shard file per rank beside the HF model.
+    shards = sorted(os.listdir(two / "iter_0000003" / "fsdp"))
+    assert shards == ["rank_0-of-2.safetensors", "rank_1-of-2.safetensors"]
+
+
+def test_head_and_two_workers_run_grpo_with_a_train_group_of_two(setup):
+    d, model, data = setup
+    save = d / "cluster"
+    c = Cluster(d, "cluster", grpo(model, data, save, "--actor-num-nodes", "2",
+                                   "--actor-num-gpus-per-node", "1"), devices=(1, 2))
+    try:
+        assert c.head.wait(300) == 0, c.head.text()
+        for w in c.workers:
+            assert w.wait(30) == 0, w.text()
+        report = json.load(open(c.report))
+        check_group_report(report, 2)
+        # One device on node0: the group's two ranks live on different nodes and meet over
+        # TCP (the store on rank 0's address, Gloo between them).
+        nodes = {p["rank"]: p["node_id"] for p in report["placement"] if p["role"] == "train"}
+        assert nodes == {0: "node0", 1: "node1"}
+        assert_no_processes(c.token)
+    finally:
+        c.close()
+    # The same job on one rank in one process trains to the same weights.
+    assert_close(weights(save), weights(d / "one"))
+
