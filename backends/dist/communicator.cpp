@@ -197,11 +197,14 @@ class C10dCommunicator final : public Communicator {
 std::shared_ptr<Communicator> Communicator::create(const CommOptions& o) {
   if (o.world_size < 1) fail("world size must be >= 1, got {}", o.world_size);
   if (o.rank < 0 || o.rank >= o.world_size) fail("rank {} outside [0, {})", o.rank, o.world_size);
-  if (o.backend == CommBackend::Nccl && !nccl_available()) {
+  if (o.backend == CommBackend::Nccl && !nccl_built()) {
     fail(
         "rank {}: an NCCL group was asked for, but this build has no NCCL support (LibTorch "
         "with CUDA and the NCCL headers; see backends/dist/README.md)",
         o.rank);
+  }
+  if (o.backend == CommBackend::Nccl && !nccl_available()) {
+    fail("rank {}: an NCCL group was asked for, but no CUDA device is visible", o.rank);
   }
   if (o.world_size == 1) return std::make_shared<LocalCommunicator>();
   return std::make_shared<C10dCommunicator>(o);

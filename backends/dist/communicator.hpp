@@ -27,7 +27,9 @@ struct CommOptions {
   CommBackend backend = CommBackend::Gloo;
 };
 
-// Whether this build can create NCCL groups (LibTorch with CUDA and NCCL headers found).
+// Whether this build has NCCL groups (LibTorch with CUDA and the NCCL headers found), and
+// whether it can create one here (built, and a CUDA device is visible).
+bool nccl_built();
 bool nccl_available();
 
 // A collective in flight (see Communicator::all_gather_async). wait() blocks until it is

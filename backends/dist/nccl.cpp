@@ -15,6 +15,8 @@ namespace anvil::dist {
 
 #ifdef ANVIL_HAVE_NCCL
 
+bool nccl_built() { return true; }
+
 bool nccl_available() { return c10::cuda::device_count() > 0; }
 
 int device_index() { return c10::cuda::current_device(); }
@@ -31,6 +33,8 @@ c10::intrusive_ptr<c10d::Backend> make_nccl_backend(const c10::intrusive_ptr<c10
 }
 
 #else
+
+bool nccl_built() { return false; }
 
 bool nccl_available() { return false; }
 

@@ -4,7 +4,7 @@
 //
 //   fsdp_tool --model DIR --out DIR [--world W --rank R --port P] [--single]
 //             [--rollouts K] [--ckpt] [--offload] [--no-reshard] [--die-at-rollout N]
-//             [--timeout-ms T] [--bucket-bytes B]
+//             [--timeout-ms T] [--bucket-bytes B] [--nccl]
 #include "backends/common/error.hpp"
 #include "backends/dist/communicator.hpp"
 #include "backends/fsdp/fsdp.hpp"
@@ -47,6 +47,7 @@ int main(int argc, char** argv) {
   int world = 1, rank = 0, port = 29500, rollouts = 2, die_at = -1;
   int64_t timeout_ms = 60000, max_tokens = 40;
   bool single = false, ckpt = false, offload = false, reshard = true;
+  bool nccl = false;          // --nccl: the group over NCCL (CUDA devices)
   int64_t bucket_bytes = -1;  // >= 0: write the weights through for_each_full_bucket
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -83,6 +84,8 @@ int main(int argc, char** argv) {
       ckpt = true;
     else if (a == "--offload")
       offload = true;
+    else if (a == "--nccl")
+      nccl = true;
     else if (a == "--bucket-bytes")
       bucket_bytes = std::stoll(next());
     else if (a == "--no-reshard")
@@ -123,6 +126,7 @@ int main(int argc, char** argv) {
       co.world_size = world;
       co.master_port = port;
       co.timeout = std::chrono::milliseconds(timeout_ms);
+      if (nccl) co.backend = dist::CommBackend::Nccl;
       auto comm = dist::Communicator::create(co);
       fsdp::FsdpOptions fo;
       fo.cpu_offload = offload;

@@ -103,6 +103,16 @@ def test_weight_sync_buckets_respect_the_buffer_size(model):
     assert json.loads(whole[0][1])["buckets"] == 1
 
 
+def test_nccl_group_without_a_gpu_is_refused_clearly(model):
+    d, path = model
+    if os.path.exists("/dev/nvidia0"):
+        pytest.skip("a GPU is present: the NCCL path is exercised on the device machine")
+    results = run_group(path, str(d / "nccl"), 2, ["--rollouts", "1", "--nccl"], timeout=60)
+    for rc, so, se in results:
+        assert rc != 0
+        assert ("no CUDA device is visible" in se or "this build has no NCCL support" in se), se
+
+
 def test_shard_memory_scales_with_world_size(model, reference):
     d, path = model
     _, ref_info = reference
