@@ -56,6 +56,11 @@ struct WorkerOptions {
   std::string anvil_exe;  // the `anvil` binary to spawn roles with (default /proc/self/exe)
   int connect_timeout_ms = 30000;
   int heartbeat_ms = 500;
+  // --bind-host: the address of this node that its role processes bind their gRPC
+  // receivers to and tell their peers (another node must be able to reach it).
+  std::string bind_host = "127.0.0.1";
+  // --tls-cert/--tls-key/--tls-ca (absolute paths), forwarded to every role process.
+  std::string tls_cert, tls_key, tls_ca;
 };
 
 int run_worker(const WorkerOptions& options);

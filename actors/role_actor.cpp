@@ -213,6 +213,23 @@ caf::expected<caf::actor> connect_actor(caf::actor_system& sys, const std::strin
   return sys.middleman().remote_actor(host, port);
 }
 
+std::string describe_connect_error(caf::actor_system& sys, const caf::error& err) {
+  if (err == caf::sec::incompatible_application_ids) {
+    return "the handshake was refused: wrong job token";
+  }
+  if (err == caf::sec::disconnect_during_handshake) {
+    if (runtime::process_tls().enabled()) {
+      return "the TLS handshake failed: its certificate is not signed by our --tls-ca " +
+             runtime::process_tls().ca_file + " or ours not by its CA, or it does not use TLS (" +
+             sys.render(err) + ")";
+    }
+    return "the connection was dropped during the handshake: does it use TLS? (then pass "
+           "--tls-cert, --tls-key and --tls-ca here too) (" +
+           sys.render(err) + ")";
+  }
+  return sys.render(err);
+}
+
 std::string error_text(caf::actor_system& sys, const caf::error& err) {
   const caf::message& ctx = err.context();
   if (ctx.size() >= 1 && ctx.match_element<std::string>(ctx.size() - 1)) {
@@ -237,7 +254,7 @@ int run_role_process(const RoleProcessOptions& o, std::shared_ptr<Role> role) {
   auto head = connect_actor(sys, o.head_host, static_cast<uint16_t>(o.head_port));
   if (!head) {
     L()->error("{}: cannot reach the head at {}:{}: {}", label, o.head_host, o.head_port,
-               sys.render(head.error()));
+               describe_connect_error(sys, head.error()));
     return 1;
   }
   role_actor front = spawn_role_actor(sys, o.role, o.rank, std::move(role), o.token);

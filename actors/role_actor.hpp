@@ -26,6 +26,10 @@ caf::expected<uint16_t> publish_actor(const caf::actor& whom, uint16_t port,
 caf::expected<caf::actor> connect_actor(caf::actor_system& sys, const std::string& host,
                                         uint16_t port);
 
+// Why connect_actor() failed, in words: a wrong job token, TLS refused (certificates not
+// signed by the CA the other side trusts, or only one side using TLS), or CAF's text.
+std::string describe_connect_error(caf::actor_system& sys, const caf::error& err);
+
 // The text of an error a role or peer returned: the message it carries, else CAF's own
 // rendering.
 std::string error_text(caf::actor_system& sys, const caf::error& err);

@@ -74,6 +74,11 @@ worker_actor::behavior_type worker_daemon(worker_actor::pointer self,
                        "--node-id",
                        w->options.node_id};
           for (const auto& a : args) spec.argv.push_back(a.get<std::string>());
+          spec.argv.insert(spec.argv.end(), {"--bind-host", w->options.bind_host});
+          if (!w->options.tls_cert.empty()) {
+            spec.argv.insert(spec.argv.end(), {"--tls-cert", w->options.tls_cert, "--tls-key",
+                                               w->options.tls_key, "--tls-ca", w->options.tls_ca});
+          }
           spec.env = {{"ANVIL_JOB_TOKEN", w->options.token},
                       {"CUDA_VISIBLE_DEVICES", devices},
                       {"ANVIL_DEVICES", devices},
@@ -127,13 +132,16 @@ int run_worker(const WorkerOptions& in) {
       w->head = *head;
       break;
     }
-    if (head.error() == caf::sec::incompatible_application_ids) {
-      L()->error("worker: the head at {} refused the handshake: wrong job token", head_addr);
+    if (head.error() == caf::sec::incompatible_application_ids ||
+        head.error() == caf::sec::disconnect_during_handshake) {
+      // A wrong token or refused certificates do not get better by retrying.
+      L()->error("worker: cannot connect to the head at {}: {}", head_addr,
+                 describe_connect_error(sys, head.error()));
       return 1;
     }
     if (std::chrono::steady_clock::now() > deadline) {
       L()->error("worker: cannot reach the head at {} within {} ms: {}", head_addr,
-                 in.connect_timeout_ms, sys.render(head.error()));
+                 in.connect_timeout_ms, describe_connect_error(sys, head.error()));
       return 1;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -154,6 +162,8 @@ int run_worker(const WorkerOptions& in) {
   nlohmann::json node = {{"node_id", w->options.node_id},
                          {"hostname", hostname()},
                          {"devices", w->options.devices},
+                         {"bind_host", w->options.bind_host},
+                         {"tls", !w->options.tls_cert.empty()},
                          {"cores", std::thread::hardware_concurrency()},
                          {"memory_bytes", static_cast<uint64_t>(::sysconf(_SC_PHYS_PAGES)) *
                                               static_cast<uint64_t>(::sysconf(_SC_PAGESIZE))},

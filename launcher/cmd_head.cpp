@@ -1,5 +1,6 @@
 // anvil head [--config JOB.yaml] [--listen HOST:PORT] [--workers N] [--token-file F]
-//            [--port-file F] [--report F] [--in-process] [job flags...]
+//            [--port-file F] [--report F] [--in-process] [--request-timeout-ms MS]
+//            [--tls-cert F --tls-key F --tls-ca F] [job flags...]
 //
 // The controller of one job (actors/controller.cpp). Every flag it does not know itself
 // is a job flag (launcher/job_flags.hpp): checked here, then forwarded to every role.
@@ -9,23 +10,17 @@
 #include "backends/common/error.hpp"
 #include "launcher/commands.hpp"
 #include "launcher/job_flags.hpp"
+#include "runtime/tls.hpp"
 
 #include <CLI/CLI.hpp>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 
 namespace anvil::launcher {
 namespace {
 
 struct HeadArgs {
-  std::string config, listen = "127.0.0.1:0", token_file;
+  std::string config, listen = "127.0.0.1:0", token_file, tls_cert, tls_key, tls_ca;
   actors::HeadOptions head;
 };
 
@@ -42,25 +37,6 @@ void split_host_port(const std::string& text, const char* flag, std::string& hos
   }
 }
 
-// A TCP port nobody listens on at the moment (the kernel's choice for port 0).
-int free_local_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) fail("cannot create a socket to find a free port: {}", std::strerror(errno));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    int err = errno;
-    ::close(fd);
-    fail("cannot find a free port: {}", std::strerror(err));
-  }
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
 int run_head_cmd(HeadArgs& a, const std::vector<std::string>& extras) {
   split_host_port(a.listen, "--listen", a.head.listen_host, a.head.port);
   std::vector<std::string> flags;
@@ -72,14 +48,6 @@ int run_head_cmd(HeadArgs& a, const std::vector<std::string>& extras) {
   args.insert(args.end(), extras.begin(), extras.end());
   auto job = std::make_shared<actors::JobOptions>();
   parse_job_args(args, *job, a.config.empty() ? "job flags" : "job flags (" + a.config + ")");
-  // A train group of several ranks meets at a c10d store that train rank 0 hosts; unless
-  // told, pick a port that is free here now (rank 0 runs on this machine in the local and
-  // in-process modes; on a cluster pass --dist-master-addr/--dist-master-port).
-  const int train_world = job->placement.actor_num_nodes * job->placement.actor_num_gpus_per_node;
-  if (train_world > 1 && job->dist_master_port == 0) {
-    job->dist_master_port = free_local_port();
-    args.push_back("--dist-master-port=" + std::to_string(job->dist_master_port));
-  }
   a.head.job_args = args;
   a.head.placement = job->placement;
   a.head.num_rollout = job->num_rollout;
@@ -87,6 +55,7 @@ int run_head_cmd(HeadArgs& a, const std::vector<std::string>& extras) {
   a.head.save_interval = job->save_interval;
   a.head.metrics_jsonl = job->metrics_jsonl;
   a.head.token = load_job_token(a.token_file, /*create=*/true);
+  runtime::set_process_tls(runtime::load_tls(a.tls_cert, a.tls_key, a.tls_ca));
   if (a.head.workers < 1 && !a.head.in_process) fail("--workers must be >= 1");
   std::string token = a.head.token;
   a.head.make_role = [job, token](const std::string& role, int rank) {
@@ -116,6 +85,10 @@ void register_head(CLI::App& app, int& exit_code) {
   cmd->add_option("--port-file", a->head.port_file, "Write the bound port here");
   cmd->add_option("--report", a->head.report_file, "Write a JSON summary of the run here");
   cmd->add_flag("--in-process", a->head.in_process, "Run every role on threads of this process");
+  cmd->add_option("--tls-cert", a->tls_cert,
+                  "PEM certificate: TLS on every link (with the key, CA)");
+  cmd->add_option("--tls-key", a->tls_key, "PEM private key of --tls-cert");
+  cmd->add_option("--tls-ca", a->tls_ca, "PEM CA that peers' certificates must be signed by");
   cmd->add_option("--heartbeat-ms", a->head.heartbeat_ms)->capture_default_str();
   cmd->add_option("--heartbeat-timeout-ms", a->head.heartbeat_timeout_ms,
                   "A peer silent this long is reported as hung")

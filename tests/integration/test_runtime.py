@@ -31,9 +31,9 @@ def run(*args, check=True):
 class Proc:
     """A child process whose stderr lines are collected with their arrival times."""
 
-    def __init__(self, args, env=ENV):
+    def __init__(self, args, env=ENV, prefix=()):
         self.args = args
-        self.p = subprocess.Popen([ANVIL, *args], stdout=subprocess.DEVNULL,
+        self.p = subprocess.Popen([*prefix, ANVIL, *args], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True, env=env)
         self.lines = []  # (time, line)
         self.t = threading.Thread(target=self._read, daemon=True)
@@ -116,13 +116,16 @@ def setup(tmp_path_factory):
 class Cluster:
     """A head and its workers, all torn down (and checked for leftovers) at the end."""
 
-    def __init__(self, d, name, job, workers=2, head_flags=(), devices=(1, 1), start=True):
+    def __init__(self, d, name, job, workers=2, head_flags=(), devices=(1, 1), start=True,
+                 worker_flags=(), listen="127.0.0.1"):
         self.dir = d / name
         self.dir.mkdir()
+        self.worker_flags = list(worker_flags)
+        self.host = listen
         self.token_file = str(self.dir / "token")
         self.report = str(self.dir / "report.json")
         port_file = str(self.dir / "port")
-        self.head = Proc(["head", "--listen", "127.0.0.1:0", "--workers", str(workers),
+        self.head = Proc(["head", "--listen", f"{listen}:0", "--workers", str(workers),
                           "--token-file", self.token_file, "--port-file", port_file,
                           "--report", self.report, "--heartbeat-ms", "250",
                           "--heartbeat-timeout-ms", "2000", *head_flags, *job])
@@ -136,11 +139,13 @@ class Cluster:
         for i in range(workers if start else 0):
             self.workers.append(self.start_worker(f"node{i}", devices[i]))
 
-    def start_worker(self, node_id, devices, token_file=None):
+    def start_worker(self, node_id, devices, token_file=None, flags=None, prefix=()):
         (self.dir / node_id).mkdir(exist_ok=True)
-        return Proc(["worker", "--head", f"127.0.0.1:{self.port}", "--token-file",
-                     token_file or self.token_file, "--node-id", node_id, "--devices",
-                     str(devices), "--log-dir", str(self.dir / node_id), "--heartbeat-ms", "250"])
+        args = ["worker", "--head", f"{self.host}:{self.port}", "--token-file",
+                token_file or self.token_file, "--node-id", node_id, "--devices", str(devices),
+                "--log-dir", str(self.dir / node_id), "--heartbeat-ms", "250",
+                *(self.worker_flags if flags is None else flags)]
+        return Proc(args, prefix=prefix)
 
     def role_pid(self, role, rank=0, timeout=60):
         for w in self.workers:
@@ -354,3 +359,74 @@ def test_a_role_that_does_not_answer_an_operation_is_reported(setup):
                      r"within 1 ms", p.stderr), p.stderr
     report = json.load(open(out))
     assert not report["ok"] and "did not answer 'init'" in report["error"]
+
+
+def make_certs(d):
+    """A CA with a certificate for 127.0.0.1 (and the namespace addresses), and a second CA
+    with its own certificate, made with the openssl CLI (EC P-256, valid two days)."""
+    def sh(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    def ca(name):
+        sh("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+           "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}")
+
+    def cert(name, ca_name):
+        sh("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+           "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        (d / f"{name}.ext").write_text(
+            f"subjectAltName=IP:127.0.0.1,DNS:localhost,{NETNS_SANS}\n"
+            "extendedKeyUsage=serverAuth,clientAuth\n")
+        sh("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca_name}.pem", "-CAkey",
+           f"{ca_name}.key", "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
+           "-extfile", f"{name}.ext")
+
+    ca("ca")
+    ca("other-ca")
+    cert("node", "ca")
+    cert("rogue", "other-ca")
+
+    def flags(name, ca_name):
+        return ["--tls-cert", str(d / f"{name}.pem"), "--tls-key", str(d / f"{name}.key"),
+                "--tls-ca", str(d / f"{ca_name}.pem")]
+    return flags("node", "ca"), flags("rogue", "other-ca")
+
+
+NETNS_SANS = "IP:10.231.7.1,IP:10.231.7.2"
+
+
+@pytest.mark.skipif(subprocess.run(["which", "openssl"], capture_output=True).returncode != 0,
+                    reason="no openssl CLI to make the test certificates")
+def test_tls_on_every_link_and_a_wrong_ca_is_refused(setup, tmp_path):
+    """With --tls-cert/--tls-key/--tls-ca the CAF links (CAF's OpenSSL module) and the gRPC
+    data plane (mutual TLS) are encrypted and authenticated: a whole job runs across two
+    workers, while a worker whose certificate another CA signed, or one without TLS, is
+    refused with a clear error and the job goes on."""
+    d, model, data = setup
+    tls, rogue = make_certs(tmp_path)
+    c = Cluster(d, "tls", job_flags(model, data, "--num-rollout", "2"), head_flags=tls,
+                worker_flags=tls, start=False)
+    try:
+        w = c.start_worker("rogue", 1, flags=rogue)
+        assert w.wait(30) == 1
+        assert "TLS handshake failed: its certificate is not signed by our --tls-ca" in w.text(), \
+            w.text()
+        w = c.start_worker("plain", 1, flags=[])
+        assert w.wait(30) == 1
+        assert "dropped during the handshake: does it use TLS?" in w.text(), w.text()
+        assert c.head.p.poll() is None
+        c.workers = [c.start_worker("node0", 1), c.start_worker("node1", 1)]
+        assert c.head.wait(240) == 0, c.head.text()
+        for w in c.workers:
+            assert w.wait(30) == 0, w.text()
+        report = json.load(open(c.report))
+        check_report(report, 2)
+        # Across nodes: gRPC chunks, over the TLS channels.
+        assert report["rollouts"][0]["sync"]["targets"][0]["shared_memory"] is False
+        assert_no_processes(c.token)
+    finally:
+        c.close()
+    # A key that does not belong to the certificate is caught before anything starts.
+    bad = [tls[0], tls[1], tls[2], rogue[3], tls[4], tls[5]]
+    p = run("worker", "--head", "127.0.0.1:1", "--token-file", c.token_file, *bad, check=False)
+    assert p.returncode == 1 and "does not belong to the certificate" in p.stderr, p.stderr

@@ -8,6 +8,7 @@
 #include "runtime/placement.hpp"
 #include "runtime/process.hpp"
 #include "runtime/shared_memory.hpp"
+#include "runtime/tls.hpp"
 
 #include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
@@ -167,6 +168,89 @@ TEST(WeightTransfer, RoundTripInSmallChunksAndSharedMemory) {
   // Versions only move forward.
   EXPECT_NE(error_of([&] { push_weights(target, kToken, 2, f.views); }).find("not newer"),
             std::string::npos);
+}
+
+// ---- TLS -------------------------------------------------------------------------------
+
+// A CA with a certificate for 127.0.0.1, and another CA with its own certificate, made with
+// the openssl CLI; empty when it is missing.
+std::filesystem::path make_test_certs() {
+  if (std::system("openssl version > /dev/null 2>&1") != 0) return {};
+  auto dir =
+      std::filesystem::temp_directory_path() / ("anvil-tls-test-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::string d = dir.string();
+  std::string ec = " -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+  auto ca = [&](const std::string& n) {
+    return "openssl req -x509" + ec + " -keyout " + d + "/" + n + ".key -out " + d + "/" + n +
+           ".pem -days 2 -subj /CN=" + n + " 2>/dev/null";
+  };
+  auto cert = [&](const std::string& n, const std::string& c) {
+    std::ofstream(d + "/" + n + ".ext")
+        << "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n";
+    return "openssl req" + ec + " -keyout " + d + "/" + n + ".key -out " + d + "/" + n +
+           ".csr -subj /CN=" + n + " 2>/dev/null && openssl x509 -req -in " + d + "/" + n +
+           ".csr -CA " + d + "/" + c + ".pem -CAkey " + d + "/" + c + ".key -CAcreateserial -out " +
+           d + "/" + n + ".pem -days 2 -extfile " + d + "/" + n + ".ext 2>/dev/null";
+  };
+  for (const auto& cmd : {ca("ca"), ca("other"), cert("node", "ca"), cert("rogue", "other")}) {
+    if (std::system(cmd.c_str()) != 0) return {};
+  }
+  return dir;
+}
+
+TEST(Tls, LoadChecksEachFileAndNamesIt) {
+  auto dir = make_test_certs();
+  if (dir.empty()) GTEST_SKIP() << "no openssl CLI to make test certificates";
+  auto p = [&](const char* f) { return (dir / f).string(); };
+  EXPECT_FALSE(load_tls("", "", "").enabled());
+  EXPECT_TRUE(load_tls(p("node.pem"), p("node.key"), p("ca.pem")).enabled());
+  EXPECT_NE(error_of([&] { load_tls(p("node.pem"), "", ""); }).find("needs all of"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              load_tls(p("nope.pem"), p("node.key"), p("ca.pem"));
+            }).find("--tls-cert " + p("nope.pem") + ": cannot read"),
+            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { load_tls(p("node.ext"), p("node.key"), p("ca.pem")); }).find("not a PEM file"),
+      std::string::npos);
+  EXPECT_NE(error_of([&] {
+              load_tls(p("node.pem"), p("rogue.key"), p("ca.pem"));
+            }).find("does not belong to the certificate"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              load_tls(p("rogue.pem"), p("rogue.key"), p("ca.pem"));
+            }).find("does not verify against --tls-ca"),
+            std::string::npos);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Tls, GrpcNeedsACertificateOfTheSameCa) {
+  auto dir = make_test_certs();
+  if (dir.empty()) GTEST_SKIP() << "no openssl CLI to make test certificates";
+  auto p = [&](const char* f) { return (dir / f).string(); };
+  TlsConfig good = load_tls(p("node.pem"), p("node.key"), p("ca.pem"));
+  TlsConfig rogue = load_tls(p("rogue.pem"), p("rogue.key"), p("other.pem"));
+  Fixture f;
+  WeightVersion got;
+  set_process_tls(good);
+  WeightReceiver rx(kToken, {}, [&](const WeightVersion& v) { got = v; });
+  std::string target = "127.0.0.1:" + std::to_string(rx.port());
+  WeightPushOptions o;
+  o.deadline_ms = 20000;
+  push_weights(target, kToken, 1, f.views, o);
+  EXPECT_EQ(got.version, 1u);
+  expect_same(f, got);
+  // A client whose certificate another CA signed (and which does not trust ours).
+  set_process_tls(rogue);
+  EXPECT_NE(error_of([&] { push_weights(target, kToken, 2, f.views, o); }).find("UNAVAILABLE"),
+            std::string::npos);
+  // A plaintext client.
+  set_process_tls(TlsConfig{});
+  EXPECT_NE(error_of([&] { push_weights(target, kToken, 2, f.views, o); }).find("UNAVAILABLE"),
+            std::string::npos);
+  EXPECT_EQ(rx.version(), 1u);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(WeightTransfer, WrongTokenIsRefusedBeforeApplying) {
