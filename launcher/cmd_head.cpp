@@ -14,6 +14,13 @@
 
 #include <CLI/CLI.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 namespace anvil::launcher {
@@ -37,6 +44,25 @@ void split_host_port(const std::string& text, const char* flag, std::string& hos
   }
 }
 
+// A TCP port nobody listens on at the moment (the kernel's choice for port 0).
+int free_local_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) fail("cannot create a socket to find a free port: {}", std::strerror(errno));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    int err = errno;
+    ::close(fd);
+    fail("cannot find a free port: {}", std::strerror(err));
+  }
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
 int run_head_cmd(HeadArgs& a, const std::vector<std::string>& extras) {
   split_host_port(a.listen, "--listen", a.head.listen_host, a.head.port);
   std::vector<std::string> flags;
@@ -48,6 +74,14 @@ int run_head_cmd(HeadArgs& a, const std::vector<std::string>& extras) {
   args.insert(args.end(), extras.begin(), extras.end());
   auto job = std::make_shared<actors::JobOptions>();
   parse_job_args(args, *job, a.config.empty() ? "job flags" : "job flags (" + a.config + ")");
+  // A train group of several ranks meets at a c10d store that train rank 0 hosts; unless
+  // told, pick a port that is free here now (rank 0 runs on this machine in the local and
+  // in-process modes; on a cluster pass --dist-master-addr/--dist-master-port).
+  const int train_world = job->placement.actor_num_nodes * job->placement.actor_num_gpus_per_node;
+  if (train_world > 1 && job->dist_master_port == 0) {
+    job->dist_master_port = free_local_port();
+    args.push_back("--dist-master-port=" + std::to_string(job->dist_master_port));
+  }
   a.head.job_args = args;
   a.head.placement = job->placement;
   a.head.num_rollout = job->num_rollout;
