@@ -430,3 +430,81 @@ def test_tls_on_every_link_and_a_wrong_ca_is_refused(setup, tmp_path):
     bad = [tls[0], tls[1], tls[2], rogue[3], tls[4], tls[5]]
     p = run("worker", "--head", "127.0.0.1:1", "--token-file", c.token_file, *bad, check=False)
     assert p.returncode == 1 and "does not belong to the certificate" in p.stderr, p.stderr
+
+
+NETNS_HOST, NETNS_PEER = "10.231.7.1", "10.231.7.2"
+
+
+def netns_unavailable():
+    """Why a network namespace cannot be made here (None when it can)."""
+    if subprocess.run(["which", "ip"], capture_output=True).returncode != 0:
+        return "no `ip` command (iproute2)"
+    probe = f"anvil-probe-{os.getpid()}"
+    p = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if p.returncode != 0:
+        return f"`ip netns add` is not permitted here: {p.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+@pytest.fixture
+def second_node():
+    """A network namespace joined to the host by a veth pair: the host side is NETNS_HOST,
+    the namespace side NETNS_PEER (/24). Yields the namespace's name; removed afterwards."""
+    reason = netns_unavailable()
+    if reason:
+        pytest.skip(f"second node in a network namespace: {reason}")
+    ns, veth = f"anvil-node-{os.getpid()}", f"anv{os.getpid() % 100000}"
+
+    def ip(*args):
+        subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    ip("netns", "add", ns)
+    try:
+        ip("link", "add", veth + "h", "type", "veth", "peer", "name", veth + "n")
+        ip("link", "set", veth + "n", "netns", ns)
+        ip("addr", "add", f"{NETNS_HOST}/24", "dev", veth + "h")
+        ip("link", "set", veth + "h", "up")
+        ip("-n", ns, "addr", "add", f"{NETNS_PEER}/24", "dev", veth + "n")
+        ip("-n", ns, "link", "set", veth + "n", "up")
+        ip("-n", ns, "link", "set", "lo", "up")
+        yield ns
+    finally:
+        subprocess.run(["ip", "link", "del", veth + "h"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_second_node_in_a_network_namespace(setup, second_node):
+    """Head and worker node0 on the host, worker node1 inside a network namespace (its own
+    interfaces: loopback and a veth to the host). Each node's roles bind its own address
+    (--bind-host); the rollout engine lands on node1, so its rollouts and every weight
+    version cross the veth over gRPC, never through shared memory."""
+    d, model, data = setup
+    c = Cluster(d, "netns", job_flags(model, data, "--num-rollout", "2", "--use-kl-loss"),
+                start=False, listen=NETNS_HOST)
+    try:
+        c.workers = [
+            c.start_worker("node0", 1, flags=["--bind-host", NETNS_HOST]),
+            c.start_worker("node1", 1, flags=["--bind-host", NETNS_PEER],
+                           prefix=["ip", "netns", "exec", second_node]),
+        ]
+        assert c.head.wait(240) == 0, c.head.text()
+        for w in c.workers:
+            assert w.wait(30) == 0, w.text()
+        report = json.load(open(c.report))
+        check_report(report, 2)
+        roles = {(p["role"], p["node_id"]) for p in report["placement"]}
+        assert roles == {("train", "node0"), ("ref", "node0"), ("rollout", "node1"),
+                         ("weight-sync", "node0")}
+        for r in report["rollouts"]:
+            # Weights: train rank 0 (host) -> the engine at the namespace's address, gRPC.
+            (target,) = r["sync"]["targets"]
+            assert target["endpoint"].startswith(NETNS_PEER + ":"), target
+            assert target["shared_memory"] is False and target["tensors"] > 0
+            # Rollouts: generated inside the namespace, received whole on the host.
+            assert sum(g["samples"] for g in r["generate"]) == 4
+            assert r["ref"][0]["samples"] == 4 and r["train"][0]["samples"] == 4
+        assert_no_processes(c.token)
+    finally:
+        c.close()
