@@ -20,5 +20,7 @@ void register_sft(CLI::App& app, int& exit_code);
 void register_head(CLI::App& app, int& exit_code);
 void register_worker(CLI::App& app, int& exit_code);
 void register_actor(CLI::App& app, int& exit_code);
+void register_eval(CLI::App& app, int& exit_code);
+void register_make_task(CLI::App& app, int& exit_code);
 
 }  // namespace anvil::launcher

@@ -25,6 +25,8 @@ int main(int argc, char** argv) {
   anvil::launcher::register_head(app, exit_code);
   anvil::launcher::register_worker(app, exit_code);
   anvil::launcher::register_actor(app, exit_code);
+  anvil::launcher::register_eval(app, exit_code);
+  anvil::launcher::register_make_task(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
