@@ -50,8 +50,9 @@ struct WorkerOptions {
   std::string head_host = "127.0.0.1";
   int head_port = 0;
   std::string token;
-  std::string node_id;    // default: hostname/pid
-  int devices = 1;        // --devices: bundles offered (GPUs; CPU device slots without GPUs)
+  std::string node_id;  // default: hostname/pid
+  int devices = -1;     // --devices: bundles offered (GPUs; CPU device slots without GPUs)
+  std::string device_kind = "given";  // "cuda" / "cpu" when detected, "given" for --devices
   std::string log_dir;    // role process logs (role-rank.log); default: the system temp dir
   std::string anvil_exe;  // the `anvil` binary to spawn roles with (default /proc/self/exe)
   int connect_timeout_ms = 30000;

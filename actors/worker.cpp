@@ -12,6 +12,7 @@
 #include "backends/common/log.hpp"
 
 #include <spdlog/spdlog.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -29,6 +30,15 @@ std::string hostname() {
   char buf[256] = {0};
   if (::gethostname(buf, sizeof(buf) - 1) != 0) return "localhost";
   return buf;
+}
+
+// Cores this process may run on (its affinity mask, which containers narrow), else the
+// machine's.
+unsigned usable_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+  return std::thread::hardware_concurrency();
 }
 
 std::string self_exe() {
@@ -159,15 +169,19 @@ int run_worker(const WorkerOptions& in) {
                    static_cast<uint64_t>(e.pid), e.describe(), e.requested);
   });
   worker_actor worker = sys.spawn<caf::detached>(worker_daemon, w);
-  nlohmann::json node = {{"node_id", w->options.node_id},
-                         {"hostname", hostname()},
-                         {"devices", w->options.devices},
-                         {"bind_host", w->options.bind_host},
-                         {"tls", !w->options.tls_cert.empty()},
-                         {"cores", std::thread::hardware_concurrency()},
-                         {"memory_bytes", static_cast<uint64_t>(::sysconf(_SC_PHYS_PAGES)) *
-                                              static_cast<uint64_t>(::sysconf(_SC_PAGESIZE))},
-                         {"pid", ::getpid()}};
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t memory_bytes = static_cast<uint64_t>(::sysconf(_SC_PHYS_PAGES)) * page;
+  nlohmann::json node = {
+      {"node_id", w->options.node_id},
+      {"hostname", hostname()},
+      {"devices", w->options.devices},
+      {"bind_host", w->options.bind_host},
+      {"tls", !w->options.tls_cert.empty()},
+      {"device_kind", w->options.device_kind},
+      {"cores", usable_cores()},
+      {"memory_bytes", memory_bytes},
+      {"memory_available_bytes", static_cast<uint64_t>(::sysconf(_SC_AVPHYS_PAGES)) * page},
+      {"pid", ::getpid()}};
   {
     caf::scoped_actor self{sys};
     bool ok = false;
@@ -182,8 +196,10 @@ int run_worker(const WorkerOptions& in) {
       self->send_exit(worker, caf::exit_reason::user_shutdown);
       return 1;
     }
-    L()->info("worker {}: registered with the head at {} ({} devices)", w->options.node_id,
-              head_addr, w->options.devices);
+    L()->info(
+        "worker {}: registered with the head at {} ({} devices ({}), {} cores, {} MiB memory)",
+        w->options.node_id, head_addr, w->options.devices, w->options.device_kind,
+        node["cores"].get<unsigned>(), memory_bytes >> 20);
     self->wait_for(worker);
   }
   w->supervisor.reset();

@@ -9,6 +9,7 @@
 #include "launcher/commands.hpp"
 #include "launcher/job_flags.hpp"
 
+#include <ATen/Context.h>
 #include <CLI/CLI.hpp>
 
 #include <filesystem>
@@ -32,7 +33,18 @@ int run_worker_cmd(WorkerArgs& a) {
   }
   if (a.worker.head_port <= 0 || a.worker.head_port > 65535)
     fail("--head: bad port in '{}'", a.head);
-  if (a.worker.devices < 0) fail("--devices must be >= 0, got {}", a.worker.devices);
+  if (a.worker.devices == -1) {
+    // Auto: the CUDA devices this process sees (CUDA_VISIBLE_DEVICES applies), else one
+    // CPU device slot.
+    size_t gpus = 0;
+#ifdef ANVIL_WITH_CUDA
+    gpus = at::hasCUDA() ? at::getNumGPUs() : 0;
+#endif
+    a.worker.devices = gpus > 0 ? static_cast<int>(gpus) : 1;
+    a.worker.device_kind = gpus > 0 ? "cuda" : "cpu";
+  } else if (a.worker.devices < 0) {
+    fail("--devices must be >= 0 (or -1: detect), got {}", a.worker.devices);
+  }
   a.worker.token = load_job_token(a.token_file, /*create=*/false);
   if (a.worker.bind_host.empty() || a.worker.bind_host == "0.0.0.0" || a.worker.bind_host == "::")
     fail("--bind-host must be an address of this node that other nodes reach, got '{}'",
@@ -55,7 +67,8 @@ void register_worker(CLI::App& app, int& exit_code) {
   cmd->add_option("--head", a->head, "The head's HOST:PORT")->required();
   cmd->add_option("--token-file", a->token_file, "Job token file (or set ANVIL_JOB_TOKEN)");
   cmd->add_option("--devices", a->worker.devices,
-                  "Device bundles this node offers (GPUs, or CPU device slots)")
+                  "Device bundles this node offers (GPUs, or CPU device slots); -1: the CUDA "
+                  "devices visible, else 1")
       ->capture_default_str();
   cmd->add_option("--node-id", a->worker.node_id, "Node name (default hostname/pid)");
   cmd->add_option("--log-dir", a->worker.log_dir, "Where role process logs go");

@@ -142,8 +142,8 @@ class Cluster:
     def start_worker(self, node_id, devices, token_file=None, flags=None, prefix=()):
         (self.dir / node_id).mkdir(exist_ok=True)
         args = ["worker", "--head", f"{self.host}:{self.port}", "--token-file",
-                token_file or self.token_file, "--node-id", node_id, "--devices", str(devices),
-                "--log-dir", str(self.dir / node_id), "--heartbeat-ms", "250",
+                token_file or self.token_file, "--node-id", node_id,
+                *(["--devices", str(devices)] if devices is not None else []), "--log-dir", str(self.dir / node_id), "--heartbeat-ms", "250",
                 *(self.worker_flags if flags is None else flags)]
         return Proc(args, prefix=prefix)
 
@@ -230,8 +230,9 @@ def test_two_workers_every_role_end_to_end_and_clean_shutdown(setup):
 def test_colocated_weights_go_through_shared_memory(setup):
     d, model, data = setup
     before = {f for f in os.listdir("/dev/shm") if f.startswith("anvil-")}
+    # No --devices: the worker counts the CUDA devices it sees, else offers one CPU slot.
     c = Cluster(d, "coloc", job_flags(model, data, "--num-rollout", "1", "--colocate"),
-                workers=1)
+                workers=1, devices=(None,))
     try:
         assert c.head.wait(240) == 0, c.head.text()
         report = json.load(open(c.report))
@@ -241,6 +242,13 @@ def test_colocated_weights_go_through_shared_memory(setup):
         assert report["rollouts"][0]["offload"][0]["weights_released"] is True
         assert report["rollouts"][0]["onload"][0]["weights_released"] is False
         assert c.workers[0].wait(30) == 0
+        # The node's resources as the worker registered them.
+        _, m = c.workers[0].wait_line(r"registered with the head at \S+ \((\d+) devices "
+                                      r"\((cuda|cpu)\), (\d+) cores, (\d+) MiB memory\)", 1)
+        assert int(m.group(3)) == len(os.sched_getaffinity(0))
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+        assert int(m.group(4)) == total
+        assert (m.group(2) == "cpu") == (int(m.group(1)) == 1 and not has_cuda())
         assert_no_processes(c.token)
         after = {f for f in os.listdir("/dev/shm") if f.startswith("anvil-")}
         assert not after - before  # the segment went with its process
@@ -433,6 +441,14 @@ def test_tls_on_every_link_and_a_wrong_ca_is_refused(setup, tmp_path):
 
 
 NETNS_HOST, NETNS_PEER = "10.231.7.1", "10.231.7.2"
+
+
+def has_cuda():
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
 
 
 def netns_unavailable():
