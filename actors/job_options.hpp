@@ -35,6 +35,11 @@ struct JobOptions {
   std::string save;                      // --save: checkpoint directory (train rank 0)
   int64_t save_interval = 0;             // --save-interval: rollouts between checkpoints
   std::string metrics_jsonl;             // --metrics-jsonl: per-step metrics (the head writes)
+  // The head's other metrics sinks (runtime/metrics/metrics_hub.hpp MetricsOptions).
+  bool use_tensorboard = false;               // --use-tensorboard
+  std::string tensorboard_dir;                // --tensorboard-dir (with --use-tensorboard)
+  int dashboard_port = -1;                    // --dashboard-port: -1 off, 0 any free port
+  std::string dashboard_host = "127.0.0.1";  // --dashboard-host
   int64_t transfer_timeout_ms = 600000;  // --transfer-timeout-ms: gRPC deadline and waits
   bool disable_rewards_normalization = false;   // --disable-rewards-normalization
   bool disable_grpo_std_normalization = false;  // --disable-grpo-std-normalization

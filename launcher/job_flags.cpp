@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 
 namespace anvil::launcher {
@@ -56,6 +57,16 @@ void add_job_flags(CLI::App& cmd, actors::JobOptions& job) {
                  "Rollouts between checkpoints (0: only at the end when --save is given)")
       ->capture_default_str();
   cmd.add_option("--metrics-jsonl", job.metrics_jsonl, "Per-step training metrics (JSONL)");
+  cmd.add_flag("--use-tensorboard", job.use_tensorboard,
+               "Write TensorBoard event files (under --tensorboard-dir)");
+  cmd.add_option("--tensorboard-dir", job.tensorboard_dir, "Directory of the TensorBoard files");
+  cmd.add_option("--dashboard-port", job.dashboard_port,
+                 "Serve the live metrics dashboard on this port (-1: off, 0: any free port)")
+      ->check(CLI::Range(-1, 65535))
+      ->capture_default_str();
+  cmd.add_option("--dashboard-host", job.dashboard_host,
+                 "Address the dashboard binds (0.0.0.0 exposes it to the network)")
+      ->capture_default_str();
   cmd.add_option("--transfer-timeout-ms", job.transfer_timeout_ms,
                  "Deadline of each gRPC transfer and wait for a rollout")
       ->capture_default_str();
@@ -69,7 +80,7 @@ void add_job_flags(CLI::App& cmd, actors::JobOptions& job) {
       ->capture_default_str();
   cmd.add_flag("--reshard-after-forward,!--no-reshard-after-forward", job.reshard_after_forward,
                "FSDP: free each layer's gathered weights after its forward")
-      ->capture_default_str();
+      ->default_str(job.reshard_after_forward ? "true" : "false");  // flags capture no default
   cmd.add_flag("--fsdp-cpu-offload", job.fsdp_cpu_offload,
                "FSDP: keep shards and the optimizer step on the CPU");
   cmd.add_option("--update-weight-buffer-size", job.update_weight_buffer_size,
@@ -78,10 +89,12 @@ void add_job_flags(CLI::App& cmd, actors::JobOptions& job) {
       ->capture_default_str();
 }
 
-void parse_job_args(const std::vector<std::string>& args, actors::JobOptions& job,
-                    const std::string& where) {
-  CLI::App app{"job flags"};
-  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+namespace {
+
+// Registers the job flags on `app`, parses `args` into `job`, settles the dependent flags
+// and rejects invalid and contradictory settings.
+void parse_into(CLI::App& app, const std::vector<std::string>& args, actors::JobOptions& job,
+                const std::string& where) {
   add_job_flags(app, job);
   std::vector<std::string> reversed(args.rbegin(), args.rend());
   try {
@@ -95,6 +108,26 @@ void parse_job_args(const std::vector<std::string>& args, actors::JobOptions& jo
   finish_train_flags(app, job.train, std::max<int64_t>(job.num_rollout * per_rollout / gbs, 1));
   if (job.num_rollout < 0) fail("{}: --num-rollout must be >= 0", where);
   if (job.save_interval < 0) fail("{}: --save-interval must be >= 0", where);
+  // Contradictory settings.
+  if (job.save_interval > 0 && job.save.empty()) {
+    fail("{}: --save-interval {} needs --save (a checkpoint directory)", where, job.save_interval);
+  }
+  if (job.use_tensorboard && job.tensorboard_dir.empty()) {
+    fail("{}: --use-tensorboard needs --tensorboard-dir", where);
+  }
+  if (!job.use_tensorboard && !job.tensorboard_dir.empty()) {
+    fail("{}: --tensorboard-dir {} is set but --use-tensorboard is not", where,
+         job.tensorboard_dir);
+  }
+}
+
+}  // namespace
+
+void parse_job_args(const std::vector<std::string>& args, actors::JobOptions& job,
+                    const std::string& where) {
+  CLI::App app{"job flags"};
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  parse_into(app, args, job, where);
 }
 
 std::vector<std::string> yaml_job_args(const std::string& path,
@@ -107,19 +140,35 @@ std::vector<std::string> yaml_job_args(const std::string& path,
   }
   if (root.IsNull()) return {};
   if (!root.IsMap()) fail("config {}: the top level must be a map of flag names to values", path);
+  // Every key must name a job flag, once.
+  CLI::App known{"job flags"};
+  actors::JobOptions defaults;
+  add_job_flags(known, defaults);
+  std::map<std::string, std::string> seen;  // flag -> the key that named it
   std::vector<std::string> args;
   for (const auto& kv : root) {
-    std::string key = kv.first.as<std::string>();
+    const std::string given = kv.first.as<std::string>();
+    std::string key = given;
     while (!key.empty() && key[0] == '-') key.erase(0, 1);
     std::replace(key.begin(), key.end(), '_', '-');
     std::string flag = "--" + key;
+    if (key.empty() || known.get_option_no_throw(flag) == nullptr) {
+      fail("config {}: unknown key '{}' (there is no job flag {})", path, given, flag);
+    }
+    if (auto [it, fresh] = seen.emplace(flag, given); !fresh) {
+      fail("config {}: keys '{}' and '{}' both set {}", path, it->second, given, flag);
+    }
     if (std::find(skip.begin(), skip.end(), flag) != skip.end()) continue;
     const YAML::Node& v = kv.second;
     if (v.IsScalar()) {
       std::string s = v.as<std::string>();
+      // Booleans as --flag=true/false: a false flag whose default is true (and a saved
+      // config.yaml's every flag) keeps its value.
       if (s == "true" || s == "True") {
-        args.push_back(flag);
-      } else if (s != "false" && s != "False") {
+        args.push_back(flag + "=true");
+      } else if (s == "false" || s == "False") {
+        args.push_back(flag + "=false");
+      } else {
         args.push_back(flag);
         args.push_back(s);
       }
@@ -134,6 +183,70 @@ std::vector<std::string> yaml_job_args(const std::string& path,
     }
   }
   return args;
+}
+
+namespace {
+
+// A captured default of a list option ("[a,b]") as its items.
+std::vector<std::string> default_values(const std::string& text) {
+  if (text.size() < 2 || text.front() != '[' || text.back() != ']') return {text};
+  std::vector<std::string> items;
+  std::string inner = text.substr(1, text.size() - 2);
+  size_t start = 0;
+  while (!inner.empty()) {
+    size_t comma = inner.find(',', start);
+    items.push_back(inner.substr(start, comma - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return items;
+}
+
+}  // namespace
+
+metrics::ResolvedConfig resolved_job_config(const std::vector<std::string>& args,
+                                            const std::string& where) {
+  CLI::App app{"job flags"};
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  actors::JobOptions job;
+  parse_into(app, args, job, where);
+  // The flags registered again on the settled options: each one's captured default is then
+  // its final value, derived ones included (--eps-clip-high from --eps-clip, ...).
+  CLI::App settled{"job flags"};
+  settled.option_defaults()->always_capture_default();
+  actors::JobOptions final_job = job;
+  add_job_flags(settled, final_job);
+  metrics::ResolvedConfig out;
+  for (const CLI::Option* o : app.get_options()) {
+    if (o->get_lnames().empty() || o->get_lnames()[0] == "help") continue;
+    const CLI::Option* final_opt = settled.get_option_no_throw("--" + o->get_lnames()[0]);
+    std::vector<std::string> values;
+    if (o->count() > 0) {
+      values = o->reduced_results();  // as given: no digits lost to formatting
+    } else if (final_opt != nullptr && !final_opt->get_default_str().empty()) {
+      values = default_values(final_opt->get_default_str());
+    } else if (o->get_expected_min() == 0) {
+      values = {"false"};  // a flag not given (those defaulting to true set default_str)
+    } else {
+      continue;  // never given and no default (e.g. --model, --eps-clip-c): stays unset
+    }
+    out[o->get_lnames()[0]] = values;
+  }
+  return out;
+}
+
+std::string save_resolved_job_config(const std::vector<std::string>& args,
+                                     const actors::JobOptions& job, const std::string& where) {
+  namespace fs = std::filesystem;
+  std::string dir = job.save;
+  if (dir.empty() && !job.metrics_jsonl.empty()) {
+    dir = fs::absolute(job.metrics_jsonl).parent_path().string();
+  }
+  if (dir.empty() && job.use_tensorboard) dir = job.tensorboard_dir;
+  if (dir.empty()) return "";
+  std::string path = (fs::path(dir) / "config.yaml").string();
+  metrics::write_config_file(path, resolved_job_config(args, where));
+  return path;
 }
 
 std::string load_job_token(const std::string& token_file, bool create) {
