@@ -380,6 +380,13 @@ train::TrainerHooks FsdpModel::trainer_hooks() {
         x = col.sum().item<double>();
     }
   };
+  h.all_gather = [f](at::Tensor& out, const at::Tensor& in) {
+    // Log-probs are computed on the compute device; the group's tensors live there too.
+    at::Tensor src = in.to(f->device);
+    at::Tensor dst = at::empty({out.numel()}, src.options());
+    f->comm->all_gather(dst, src);
+    out.copy_(dst);
+  };
   h.before_optimizer_step = [f] {
     f->drain();  // a prefetch of the old values must not outlive the step
     reduce_root_grads(*f);

@@ -147,6 +147,62 @@ ResponseLogProbs response_logprobs(const models::DecoderModel& model,
   return out;
 }
 
+// Each rank takes a contiguous, token-balanced part of the samples. A sharded model's
+// forward is collective, so every rank runs as many forward passes as the rank with the most
+// batches (one-token passes fill the gap); every rank knows every part, so no count needs
+// to be exchanged. The parts' log-probs are then all-gathered (padded to the longest).
+std::vector<at::Tensor> Trainer::group_response_logprobs(const std::vector<TrainSample>& samples,
+                                                         int64_t chunk, int64_t cap) {
+  const int64_t W = options_.schedule.dp_size, R = options_.dp_rank;
+  int64_t total = 0;
+  for (const auto& s : samples) total += static_cast<int64_t>(s.tokens.size());
+  std::vector<std::vector<TrainSample>> parts(static_cast<size_t>(W));
+  std::vector<std::vector<size_t>> index(static_cast<size_t>(W));
+  int64_t seen = 0;
+  for (size_t i = 0; i < samples.size(); ++i) {
+    const int64_t n = static_cast<int64_t>(samples[i].tokens.size());
+    const int64_t r = std::min(W - 1, (2 * seen + n) * W / std::max<int64_t>(2 * total, 1));
+    parts[static_cast<size_t>(r)].push_back(samples[i]);
+    index[static_cast<size_t>(r)].push_back(i);
+    seen += n;
+  }
+  const int64_t bound = std::max<int64_t>(cap, 1);
+  size_t most = 0;
+  std::vector<int64_t> resp(static_cast<size_t>(W), 0);
+  for (int64_t r = 0; r < W; ++r) {
+    const auto& part = parts[static_cast<size_t>(r)];
+    most = std::max(most, token_bounded_batches(part, bound).size());
+    for (const auto& s : part) resp[static_cast<size_t>(r)] += s.response_length;
+  }
+  const auto& mine = parts[static_cast<size_t>(R)];
+  std::vector<at::Tensor> lps =
+      response_logprobs(model_, mine, options_.temperature, chunk, cap).logprobs;
+  TrainSample filler;
+  filler.tokens = {0, 0};
+  filler.response_length = 1;
+  for (size_t k = token_bounded_batches(mine, bound).size(); k < most; ++k)
+    response_logprobs(model_, {filler}, options_.temperature, chunk, cap);
+
+  const int64_t longest = *std::max_element(resp.begin(), resp.end());
+  at::Tensor local = at::zeros({std::max<int64_t>(longest, 1)}, at::kFloat);
+  if (!lps.empty()) {
+    at::Tensor flat = at::cat(lps, 0).to(at::kFloat);
+    local.narrow(0, 0, flat.numel()).copy_(flat);
+  }
+  at::Tensor all = at::empty({W * local.numel()}, at::kFloat);
+  hooks_.all_gather(all, local);
+  std::vector<at::Tensor> out(samples.size());
+  for (int64_t r = 0; r < W; ++r) {
+    int64_t off = r * local.numel();
+    const auto& part = parts[static_cast<size_t>(r)];
+    for (size_t k = 0; k < part.size(); ++k) {
+      out[index[static_cast<size_t>(r)][k]] = all.narrow(0, off, part[k].response_length).clone();
+      off += part[k].response_length;
+    }
+  }
+  return out;
+}
+
 Trainer::Trainer(models::DecoderModel& model, TrainerOptions options, TrainerHooks hooks)
     : model_(model), options_(std::move(options)), hooks_(std::move(hooks)) {
   validate(options_.loss);
@@ -265,7 +321,9 @@ std::vector<Metrics> Trainer::train_rollout(const std::vector<TrainSample>& samp
                               ? options_.schedule.max_tokens_per_gpu
                               : INT64_MAX;
       in.old_logprobs =
-          response_logprobs(model_, samples, options_.temperature, chunk, cap).logprobs;
+          options_.schedule.dp_size > 1 && hooks_.all_gather
+              ? group_response_logprobs(samples, chunk, cap)
+              : response_logprobs(model_, samples, options_.temperature, chunk, cap).logprobs;
     } else if (!have_rollout_lp) {
       fail("--use-rollout-logprobs: not every sample carries rollout log-probs");
     }

@@ -74,6 +74,10 @@ struct TrainerHooks {
   std::function<void(Metrics&)> reduce_metrics;       // combine a step's metrics over ranks
   std::function<void()> before_optimizer_step;        // e.g. reduce-scatter gradients
   std::function<void()> after_optimizer_step;         // e.g. refresh gathered parameters
+  // out = every data-parallel rank's `in` (same numel) concatenated in rank order. When set
+  // with dp_size > 1, each rank computes the old log-probs of its share of the samples
+  // instead of all of them, and the shares are all-gathered.
+  std::function<void(at::Tensor& out, const at::Tensor& in)> all_gather;
 };
 
 class Trainer {
@@ -108,6 +112,10 @@ class Trainer {
   int64_t steps() const { return optimizer_->steps(); }
 
  private:
+  // Old log-probs over the data-parallel group (see TrainerHooks::all_gather).
+  std::vector<at::Tensor> group_response_logprobs(const std::vector<TrainSample>& samples,
+                                                  int64_t chunk, int64_t cap);
+
   models::DecoderModel& model_;
   TrainerOptions options_;
   TrainerHooks hooks_;
