@@ -267,7 +267,11 @@ FsdpModel::FsdpModel(std::shared_ptr<dist::Communicator> comm, const std::filesy
   const auto& specs = f.model->specs();
   auto reader = models::CheckpointReader::open(dir);
   const int W = f.W(), R = f.R();
-  auto shard_opts = at::TensorOptions().dtype(at::kFloat).device(f.shard_device());
+  // Offloaded shards of a CUDA model live in pinned host memory (fast, async copies).
+  auto shard_opts = at::TensorOptions()
+                        .dtype(at::kFloat)
+                        .device(f.shard_device())
+                        .pinned_memory(options.cpu_offload && device.is_cuda());
   for (size_t i = 0; i < specs.size(); ++i) {
     const auto& spec = specs[i];
     Param p;
