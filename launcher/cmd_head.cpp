@@ -74,6 +74,10 @@ int run_head_cmd(HeadArgs& a, const std::vector<std::string>& extras) {
   args.insert(args.end(), extras.begin(), extras.end());
   auto job = std::make_shared<actors::JobOptions>();
   parse_job_args(args, *job, a.config.empty() ? "job flags" : "job flags (" + a.config + ")");
+  // Every flag's final value beside the run (--save, else beside --metrics-jsonl, else in
+  // --tensorboard-dir): `--config` with that config.yaml repeats the job
+  // (saved before the head picks a free --dist-master-port, so a rerun picks again).
+  save_resolved_job_config(args, *job, "job flags");
   // A train group of several ranks meets at a c10d store that train rank 0 hosts; unless
   // told, pick a port that is free here now (rank 0 runs on this machine in the local and
   // in-process modes; on a cluster pass --dist-master-addr/--dist-master-port).

@@ -291,3 +291,60 @@ def test_dashboard_in_headless_chromium(tmp_path):
         assert blue > 100, blue
     finally:
         srv.close()
+
+
+ANVIL = os.environ.get("ANVIL_BIN", "")
+
+
+def head(*args):
+    """`anvil head` with no worker coming: it parses the job (and saves config.yaml), waits
+    300 ms for a worker, and fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("ANVIL_JOB_TOKEN", None)
+    return subprocess.run([ANVIL, "head", "--listen", "127.0.0.1:0", "--workers", "1",
+                           "--register-timeout-ms", "300", *args],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+needs_anvil = pytest.mark.skipif(not ANVIL or not os.path.exists(ANVIL),
+                                 reason="ANVIL_BIN (the anvil binary) is not built")
+
+
+@needs_anvil
+def test_head_rejects_bad_config_keys_and_contradictions(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("lr: 1e-5\nlearning_rat: 3\n")
+    p = head("--config", str(job))
+    assert p.returncode != 0
+    assert f"config {job}: unknown key 'learning_rat' (there is no job flag --learning-rat)" in p.stderr
+    job.write_text("lr: 1e-5\n--lr: 2e-5\n")
+    p = head("--config", str(job))
+    assert p.returncode != 0 and "keys 'lr' and '--lr' both set --lr" in p.stderr, p.stderr
+    p = head("--use-tensorboard")
+    assert p.returncode != 0 and "--use-tensorboard needs --tensorboard-dir" in p.stderr, p.stderr
+    p = head("--save-interval", "2")
+    assert p.returncode != 0 and "--save-interval 2 needs --save" in p.stderr, p.stderr
+
+
+@needs_anvil
+def test_head_saves_the_resolved_config_and_it_repeats_the_job(tmp_path):
+    import yaml
+
+    save = tmp_path / "ckpt"
+    job = tmp_path / "job.yaml"
+    job.write_text(f"lr: 1e-5\nuse_kl_loss: true\nreshard_after_forward: false\nsave: {save}\n"
+                   "rollout-batch-size: 8\n")
+    p = head("--config", str(job), "--lr", "3e-6", "--n-samples-per-prompt", "4")
+    assert "waited 300 ms" in p.stderr, p.stderr  # got past the flags
+    saved = save / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    assert str(config["lr"]) == "3e-6"  # the command line wins over the YAML
+    assert config["use-kl-loss"] is True and config["reshard-after-forward"] is False
+    assert config["rollout-batch-size"] == 8 and config["n-samples-per-prompt"] == 4
+    assert config["save"] == str(save)
+    assert config["num-rollout"] == 1  # a default
+    first = saved.read_text()
+    # --config config.yaml alone resolves to the same config.
+    p = head("--config", str(saved))
+    assert "waited 300 ms" in p.stderr, p.stderr
+    assert saved.read_text() == first
