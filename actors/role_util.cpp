@@ -46,17 +46,22 @@ std::vector<runtime::TensorView> weight_views(const models::DecoderModel& model,
   for (size_t i = 0; i < specs.size(); ++i) {
     at::Tensor t = model.parameters()[i];
     if (!t.defined()) continue;
-    t = t.detach().to(at::kCPU).contiguous();
-    keep.push_back(t);
-    runtime::TensorView v;
-    v.name = specs[i].name;
-    v.dtype = st_dtype(t.scalar_type());
-    v.shape = t.sizes().vec();
-    v.data = static_cast<const uint8_t*>(t.data_ptr());
-    v.bytes = t.nbytes();
-    views.push_back(std::move(v));
+    views.push_back(host_view(specs[i].name, t, keep));
   }
   return views;
+}
+
+runtime::TensorView host_view(const std::string& name, const at::Tensor& tensor,
+                              std::vector<at::Tensor>& keep) {
+  at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
+  keep.push_back(t);
+  runtime::TensorView v;
+  v.name = name;
+  v.dtype = st_dtype(t.scalar_type());
+  v.shape = t.sizes().vec();
+  v.data = static_cast<const uint8_t*>(t.data_ptr());
+  v.bytes = t.nbytes();
+  return v;
 }
 
 uint32_t weights_checksum(const models::DecoderModel& model) {

@@ -26,6 +26,9 @@ std::string st_dtype(at::ScalarType t);
 // The model's parameters as borrowed views, in spec order (contiguous CPU tensors kept in `keep`).
 std::vector<runtime::TensorView> weight_views(const models::DecoderModel& model,
                                               std::vector<at::Tensor>& keep);
+// A view of `tensor` as a contiguous host copy, which `keep` holds alive.
+runtime::TensorView host_view(const std::string& name, const at::Tensor& tensor,
+                              std::vector<at::Tensor>& keep);
 // CRC-32C over every weight's bytes, in spec order.
 uint32_t weights_checksum(const models::DecoderModel& model);
 // The "targets" list of a {"targets": ["host:port", ...]} request.

@@ -268,18 +268,11 @@ class TrainRole final : public Role {
     fsdp_->for_each_full_bucket(job_.update_weight_buffer_size, dtype,
                                 [&](const std::vector<fsdp::FsdpModel::NamedTensor>& bucket) {
                                   for (const auto& [name, full] : bucket) {
-                                    at::Tensor t = full.detach().to(at::kCPU).contiguous();
-                                    crc = runtime::crc32c(static_cast<const uint8_t*>(t.data_ptr()),
-                                                          t.nbytes(), crc);
-                                    if (!keep_tensors) continue;
-                                    keep.push_back(t);
-                                    runtime::TensorView v;
-                                    v.name = name;
-                                    v.dtype = st_dtype(t.scalar_type());
-                                    v.shape = t.sizes().vec();
-                                    v.data = static_cast<const uint8_t*>(t.data_ptr());
-                                    v.bytes = t.nbytes();
-                                    views.push_back(std::move(v));
+                                    std::vector<at::Tensor> one;
+                                    runtime::TensorView v =
+                                        host_view(name, full, keep_tensors ? keep : one);
+                                    crc = runtime::crc32c(v.data, v.bytes, crc);
+                                    if (keep_tensors) views.push_back(std::move(v));
                                   }
                                 });
     return views;

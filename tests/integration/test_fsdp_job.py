@@ -7,22 +7,9 @@ import json
 import os
 
 import numpy as np
-import pytest
 from safetensors.numpy import load_file
 
-from test_runtime import Cluster, assert_no_processes, job_flags, run
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fsdp-job")
-    model = str(d / "model")
-    run("init-model", "--arch", "qwen3", "--preset", "tiny", "--out", model, "--seed", "3")
-    data = d / "prompts.jsonl"
-    with open(data, "w") as f:
-        for i in range(64):
-            f.write(json.dumps({"prompt": f"count to {i}:", "label": str(i)}) + "\n")
-    return d, model, str(data)
+from test_runtime import Cluster, assert_no_processes, job_flags, run, setup  # noqa: F401
 
 
 def grpo(model, data, save, *extra):
