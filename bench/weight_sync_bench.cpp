@@ -5,14 +5,17 @@
 //   shm      push_weights through POSIX shared memory (copy in, CRC both sides, copy out)
 //            vs one memcpy of the same bytes.
 // Steady state (one untimed warm-up push each), medians over --iters runs; prints a JSON
-// object. The "model" is --gb GiB of bf16
-// tensors of 16 MiB each with pseudo-random contents.
+// object. The "model" is --gb GiB of bf16 tensors of 16 MiB each with pseudo-random
+// contents; --chunk-mb sets the gRPC chunk size. Besides wall-clock GB/s it reports the
+// process CPU seconds per GB of the gRPC and TCP transfers, a figure that other load on a
+// shared machine disturbs far less than wall time.
 #include "runtime/data_plane.hpp"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -31,6 +34,15 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// CPU seconds of the whole process (sender and receiver threads alike): what a transfer
+// costs, which the other processes sharing a loaded machine do not change the way they
+// change wall time.
+double cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
 double median(std::vector<double> v) {
@@ -89,12 +101,15 @@ double tcp_loopback(const uint8_t* src, size_t bytes, uint8_t* dst) {
 int main(int argc, char** argv) {
   double gib = 1.0;
   int iters = 3;
+  size_t chunk_bytes = anvil::runtime::WeightPushOptions{}.chunk_bytes;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--gb")
       gib = std::atof(argv[i + 1]);
     else if (a == "--iters")
       iters = std::atoi(argv[i + 1]);
+    else if (a == "--chunk-mb")
+      chunk_bytes = static_cast<size_t>(std::atof(argv[i + 1]) * (1 << 20));
     else
       throw std::runtime_error("unknown flag " + a);
   }
@@ -127,11 +142,13 @@ int main(int argc, char** argv) {
   // As the train role does: one pusher per engine, kept across versions.
   anvil::runtime::WeightPusher grpc_pusher(target, token), shm_pusher(target, token);
 
-  std::vector<double> grpc_s, tcp_s, shm_s, memcpy_s;
+  std::vector<double> grpc_s, tcp_s, shm_s, memcpy_s, grpc_cpu, tcp_cpu;
   uint64_t version = 0;
   // Warm-up: the receiver's staging buffers and the shared-memory segment get allocated
   // once, as in a training run where every step pushes a version of the same shapes.
-  grpc_pusher.push(++version, views, {});
+  anvil::runtime::WeightPushOptions grpc_options;
+  grpc_options.chunk_bytes = chunk_bytes;
+  grpc_pusher.push(++version, views, grpc_options);
   {
     anvil::runtime::WeightPushOptions o;
     o.shared_memory = true;
@@ -139,10 +156,14 @@ int main(int argc, char** argv) {
   }
   for (int it = 0; it < iters; ++it) {
     auto t0 = Clock::now();
-    grpc_pusher.push(++version, views, {});
+    double c0 = cpu_seconds();
+    grpc_pusher.push(++version, views, grpc_options);
     grpc_s.push_back(seconds_since(t0));
+    grpc_cpu.push_back(cpu_seconds() - c0);
     if (received != total) throw std::runtime_error("gRPC: short version");
+    c0 = cpu_seconds();
     tcp_s.push_back(tcp_loopback(model.data(), total, sink.data()));
+    tcp_cpu.push_back(cpu_seconds() - c0);
     anvil::runtime::WeightPushOptions o;
     o.shared_memory = true;
     t0 = Clock::now();
@@ -156,9 +177,11 @@ int main(int argc, char** argv) {
   double grpc = gb / median(grpc_s), tcp = gb / median(tcp_s);
   double shm = gb / median(shm_s), mem = gb / median(memcpy_s);
   std::printf(
-      "{\"bytes\": %zu, \"tensors\": %zu, \"iters\": %d, \"grpc_gbps\": %.3f, "
+      "{\"bytes\": %zu, \"tensors\": %zu, \"iters\": %d, \"chunk_bytes\": %zu, "
+      "\"grpc_gbps\": %.3f, "
       "\"tcp_gbps\": %.3f, \"grpc_over_tcp\": %.3f, \"shm_gbps\": %.3f, \"memcpy_gbps\": %.3f, "
-      "\"shm_over_memcpy\": %.3f}\n",
-      total, n_tensors, iters, grpc, tcp, grpc / tcp, shm, mem, shm / mem);
+      "\"shm_over_memcpy\": %.3f, \"grpc_cpu_s_per_gb\": %.3f, \"tcp_cpu_s_per_gb\": %.3f}\n",
+      total, n_tensors, iters, chunk_bytes, grpc, tcp, grpc / tcp, shm, mem, shm / mem,
+      median(grpc_cpu) / gb, median(tcp_cpu) / gb);
   return 0;
 }

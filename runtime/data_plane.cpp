@@ -213,13 +213,14 @@ class WeightService final : public proto::WeightTransfer::Service {
       return invalid("tensor '" + name + "': chunk runs past total_bytes " +
                      std::to_string(nbytes));
     }
-    if (crc32c(data.data(), data.size()) != chunk.crc32c()) {
+    const uint32_t crc = crc32c(data.data(), data.size());
+    if (crc != chunk.crc32c()) {
       return {grpc::StatusCode::DATA_LOSS, "WeightTransfer.Push: tensor '" + name +
                                                "': CRC-32C mismatch in the chunk at byte " +
                                                std::to_string(done)};
     }
     if (!data.empty()) std::memcpy(t.bytes.data() + done, data.data(), data.size());
-    t.crc32c = crc32c(data.data(), data.size(), t.crc32c);
+    t.crc32c = crc32c_combine(t.crc32c, crc, data.size());  // no second pass over the data
     done += data.size();
     return grpc::Status::OK;
   }
@@ -258,7 +259,7 @@ uint64_t WeightReceiver::version() const { return impl_->service.applied(); }
 
 struct WeightPusher::Impl {
   std::string target, token;
-  std::unique_ptr<proto::WeightTransfer::Stub> stub;
+  std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<SharedMemory> shm;  // reused while the version size stays the same
 };
 
@@ -266,7 +267,7 @@ WeightPusher::WeightPusher(std::string target, std::string token)
     : impl_(std::make_unique<Impl>()) {
   impl_->target = std::move(target);
   impl_->token = std::move(token);
-  impl_->stub = proto::WeightTransfer::NewStub(make_channel(impl_->target));
+  impl_->channel = make_channel(impl_->target);
 }
 
 WeightPusher::~WeightPusher() = default;
@@ -303,12 +304,23 @@ WeightPushResult WeightPusher::push(uint64_t version, const std::vector<TensorVi
       at += t.bytes;
     }
   }
-  auto writer = impl_->stub->Push(&context, &ack);
+  // WeightTransfer.Push with messages we frame ourselves: each chunk is the serialised
+  // header fields followed by field 8 (`data`) whose bytes are a slice pointing into the
+  // caller's tensor (gRPC's STATIC_SLICE: no copy; the tensor outlives the call). Protobuf
+  // accepts fields in any order, so the receiver parses an ordinary WeightChunk.
+  grpc::internal::RpcMethod method("/anvil.proto.WeightTransfer/Push",
+                                   grpc::internal::RpcMethod::CLIENT_STREAMING, impl_->channel);
+  std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> writer(
+      grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(impl_->channel.get(), method,
+                                                                    &context, &ack));
 
   WeightPushResult result;
   result.version = version;
   bool broken = false;
   proto::WeightChunk chunk;
+  std::string header;
+  const uint8_t* payload = nullptr;  // data bytes sent by reference after the header
+  size_t payload_bytes = 0;
   auto send = [&](bool last) {
     if (last) {
       chunk.set_last(true);
@@ -316,7 +328,27 @@ WeightPushResult WeightPusher::push(uint64_t version, const std::vector<TensorVi
       chunk.set_version_bytes(total);
     }
     ++result.chunks;
-    if (!writer->Write(chunk)) broken = true;
+    header.clear();
+    chunk.AppendToString(&header);
+    grpc::ByteBuffer message;
+    if (payload != nullptr) {
+      // Tag of field 8, wire type 2 (length-delimited), then the varint length.
+      header.push_back(static_cast<char>((8 << 3) | 2));
+      for (uint64_t v = payload_bytes;; v >>= 7) {
+        if (v < 0x80) {
+          header.push_back(static_cast<char>(v));
+          break;
+        }
+        header.push_back(static_cast<char>((v & 0x7F) | 0x80));
+      }
+      grpc::Slice parts[2] = {grpc::Slice(header),
+                              grpc::Slice(payload, payload_bytes, grpc::Slice::STATIC_SLICE)};
+      message = grpc::ByteBuffer(parts, 2);
+    } else {
+      grpc::Slice part(header);
+      message = grpc::ByteBuffer(&part, 1);
+    }
+    if (!writer->Write(message)) broken = true;
   };
   for (size_t i = 0; i < tensors.size() && !broken; ++i) {
     const TensorView& t = tensors[i];
@@ -338,11 +370,13 @@ WeightPushResult WeightPusher::push(uint64_t version, const std::vector<TensorVi
     do {
       size_t n = std::min(options.chunk_bytes, t.bytes - at);
       chunk.set_byte_offset(at);
-      chunk.set_data(t.data + at, n);
       chunk.set_crc32c(crc32c(t.data + at, n));
+      payload = t.data + at;
+      payload_bytes = n;
       at += n;
       send(last_tensor && at == t.bytes);
     } while (at < t.bytes && !broken);
+    payload = nullptr;
   }
   if (tensors.empty()) {
     chunk.Clear();

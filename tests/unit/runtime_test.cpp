@@ -49,6 +49,40 @@ TEST(Crc32c, Rfc3720Vectors) {
   EXPECT_EQ(crc32c("123456789", 9), 0xE3069283u);
 }
 
+// Bit by bit, as RFC 3720 defines it: the oracle for the fast paths.
+uint32_t crc32c_bitwise(const uint8_t* p, size_t n, uint32_t crc = 0) {
+  uint32_t c = ~crc;
+  for (size_t i = 0; i < n; ++i) {
+    c ^= p[i];
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+  }
+  return ~c;
+}
+
+TEST(Crc32c, InterleavedStreamsAndCombineMatchTheBitwiseOracle) {
+  // Long enough for several 3 x 8 KiB blocks, with ragged ends and odd starts.
+  std::vector<uint8_t> buf(200000 + 13);
+  uint64_t x = 0x9E3779B97F4A7C15ull;
+  for (auto& b : buf) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    b = static_cast<uint8_t>(x);
+  }
+  for (size_t start : {0, 1, 7}) {
+    for (size_t n : {0, 5, 24575, 24576, 24577, 49152 + 9, 200000}) {
+      EXPECT_EQ(crc32c(buf.data() + start, n), crc32c_bitwise(buf.data() + start, n))
+          << start << "+" << n;
+      EXPECT_EQ(crc32c(buf.data() + start, n, 0x12345678u),
+                crc32c_bitwise(buf.data() + start, n, 0x12345678u));
+    }
+  }
+  for (size_t cut : {0, 1, 1000, 100000, 200000}) {
+    uint32_t a = crc32c(buf.data(), cut), b = crc32c(buf.data() + cut, buf.size() - cut);
+    EXPECT_EQ(crc32c_combine(a, b, buf.size() - cut), crc32c(buf.data(), buf.size())) << cut;
+  }
+}
+
 TEST(Crc32c, ContinuesAcrossPieces) {
   std::vector<uint8_t> data(1001);
   for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 7 + 3);
