@@ -6,7 +6,9 @@
 //   GET /api/metrics?since=N   JSON of the records after the first N (MetricsStore::
 //                              json_since); without `since`, everything. A bad N is a 400.
 // The page's plots are <svg class="plot" data-metric="NAME" data-points="COUNT"> elements
-// holding one <polyline>, so a test (or a script) can read them from the DOM.
+// (COUNT: the series' finite points) holding one <polyline> of those points, thinned
+// evenly to at most 1000 (the last one always kept), so a test (or a script) can read
+// them from the DOM.
 #pragma once
 
 #include "runtime/metrics/metrics_store.hpp"

@@ -49,6 +49,7 @@ const char* const kPage = R"html(<!DOCTYPE html>
 <script>
 "use strict";
 const W = 320, H = 130, PAD_L = 44, PAD_R = 6, PAD_T = 6, PAD_B = 16;
+const MAX_DRAWN = 1000;  // points per polyline; longer series are thinned evenly
 const series = {};   // name -> [[step, value|null], ...]
 let texts = {};      // name -> [step, text]
 let next = 0;
@@ -83,7 +84,9 @@ function drawPlot(name, pts) {
     const sy = y1 > y0 ? (H - PAD_T - PAD_B) / (y1 - y0) : 0;
     const px = x => PAD_L + (x1 > x0 ? (x - x0) * sx : (W - PAD_L - PAD_R) / 2);
     const py = y => H - PAD_B - (y1 > y0 ? (y - y0) * sy : (H - PAD_T - PAD_B) / 2);
-    const points = finite.map(([x, y]) => `${px(x).toFixed(1)},${py(y).toFixed(1)}`).join(" ");
+    const stride = Math.ceil(finite.length / MAX_DRAWN);
+    const drawn = finite.filter((p, i) => i % stride === 0 || i === finite.length - 1);
+    const points = drawn.map(([x, y]) => `${px(x).toFixed(1)},${py(y).toFixed(1)}`).join(" ");
     svg.appendChild(el("polyline", {points: points}));
     svg.appendChild(el("text", {x: 2, y: PAD_T + 8}, fmt(y1)));
     svg.appendChild(el("text", {x: 2, y: H - PAD_B}, fmt(y0)));

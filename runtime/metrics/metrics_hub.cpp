@@ -45,7 +45,7 @@ MetricsHub::~MetricsHub() {
 void MetricsHub::log(int64_t step, const Scalars& scalars, const Texts& texts) {
   std::lock_guard<std::mutex> lock(mu_);
   if (closed_) fail("metrics: log(step {}) after close", step);
-  Record r{step, clock_(), scalars, texts};
+  const Record r{step, clock_(), scalars, texts};
   store_.append(r);
   for (auto& s : sinks_) s->write(r);
 }

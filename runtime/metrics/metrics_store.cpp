@@ -2,16 +2,22 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 
 namespace anvil::metrics {
 
-void MetricsStore::append(Record record) {
+void MetricsStore::append(const Record& record) {
   std::lock_guard<std::mutex> lock(mu_);
   if (started_ == 0) started_ = record.wall_time;
   updated_ = record.wall_time;
   if (state_ == "starting") state_ = "running";
-  records_.push_back(std::move(record));
+  for (const auto& [name, v] : record.scalars) {
+    series_[name].push_back(Point{records_, record.step, v});
+  }
+  for (const auto& [name, t] : record.texts) texts_[name] = Text{records_, record.step, t};
+  last_step_ = record.step;
+  ++records_;
 }
 
 void MetricsStore::set_status(const std::string& state, const std::string& detail,
@@ -30,29 +36,35 @@ void MetricsStore::set_config(const Config& config) {
 
 size_t MetricsStore::size() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return records_.size();
+  return records_;
 }
 
 std::string MetricsStore::json_since(size_t since, double now) const {
   std::lock_guard<std::mutex> lock(mu_);
   nlohmann::json out;
-  out["next"] = records_.size();
-  out["status"] = {
-      {"state", state_},
-      {"detail", detail_},
-      {"step", records_.empty() ? nlohmann::json() : nlohmann::json(records_.back().step)},
-      {"records", records_.size()},
-      {"started", started_},
-      {"updated", updated_},
-      {"now", now}};
+  out["next"] = records_;
+  out["status"] = {{"state", state_},
+                   {"detail", detail_},
+                   {"step", records_ == 0 ? nlohmann::json() : nlohmann::json(last_step_)},
+                   {"records", records_},
+                   {"started", started_},
+                   {"updated", updated_},
+                   {"now", now}};
   nlohmann::json series = nlohmann::json::object();
-  nlohmann::json texts = nlohmann::json::object();
-  for (size_t i = since; i < records_.size(); ++i) {
-    const Record& r = records_[i];
-    for (const auto& [name, v] : r.scalars) {
-      series[name].push_back({r.step, std::isfinite(v) ? nlohmann::json(v) : nlohmann::json()});
+  for (const auto& [name, points] : series_) {
+    // Points are in record order: start at the first one from record `since` on.
+    auto first = std::lower_bound(points.begin(), points.end(), since,
+                                  [](const Point& p, size_t r) { return p.record < r; });
+    if (first == points.end()) continue;
+    nlohmann::json& pts = series[name] = nlohmann::json::array();
+    for (auto it = first; it != points.end(); ++it) {
+      pts.push_back(
+          {it->step, std::isfinite(it->value) ? nlohmann::json(it->value) : nlohmann::json()});
     }
-    for (const auto& [name, t] : r.texts) texts[name] = {r.step, t};
+  }
+  nlohmann::json texts = nlohmann::json::object();
+  for (const auto& [name, t] : texts_) {
+    if (t.record >= since) texts[name] = {t.step, t.text};
   }
   out["series"] = std::move(series);
   out["texts"] = std::move(texts);

@@ -3,6 +3,7 @@
 //
 //   metrics_tool --steps N [--jsonl F] [--tensorboard-dir D] [--dashboard-port P]
 //                [--port-file F] [--clock T0] [--config-out F] [--config k=v ...] [--serve]
+//                [--no-console]
 //
 // Step s (0-based) logs, with the wall time T0 + s when --clock is given:
 //   train/loss = 1 / (s + 1)          rollout/reward_mean = 0.1 * s
@@ -56,8 +57,11 @@ int main(int argc, char** argv) {
   app.add_option("--config-out", config_out);
   app.add_option("--config", config_entries);
   app.add_flag("--serve", serve);
+  bool no_console = false;
+  app.add_flag("--no-console", no_console, "No progress lines on stdout");
   CLI11_PARSE(app, argc, argv);
   o.use_tensorboard = !o.tensorboard_dir.empty();
+  o.console = !no_console;
   o.run_name = "metrics_tool <test>";
   try {
     std::function<double()> clock;

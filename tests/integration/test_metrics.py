@@ -149,7 +149,7 @@ class Server:
         port_file = tmp_path / "port"
         self.p = subprocess.Popen(
             [TOOL, "--steps", str(steps), "--dashboard-port", "0", "--port-file", str(port_file),
-             "--serve", "--config", "lr=1e-06", "--config", "model=/m/tiny"],
+             "--serve", "--no-console", "--config", "lr=1e-06", "--config", "model=/m/tiny"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         end = time.monotonic() + 30
         while not port_file.exists():
@@ -292,6 +292,27 @@ def test_dashboard_in_headless_chromium(tmp_path):
     finally:
         srv.close()
 
+
+def test_dashboard_thins_long_series_in_chromium(tmp_path):
+    browser = chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (scripts/setup.sh installs Debian's chromium)")
+    srv = Server(tmp_path, 2500)
+    try:
+        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                              "--no-first-run", "--disable-dev-shm-usage",
+                              f"--user-data-dir={tmp_path / 'profile'}",
+                              "--virtual-time-budget=5000", "--dump-dom",
+                              f"http://127.0.0.1:{srv.port}/"],
+                             capture_output=True, text=True, timeout=120).stdout
+        plots = re.findall(r'<svg class="plot" data-metric="([^"]+)" data-points="(\d+)"', dom)
+        assert sorted(plots) == sorted((k, "2500") for k in SCALARS), dom[:2000]
+        for p in re.findall(r'<polyline points="([^"]+)"', dom):
+            pts = p.split()
+            assert len(pts) == 834  # every 3rd of 2500 points, and the last
+            assert float(pts[-1].split(",")[0]) == 320 - 6  # the last step at the right edge
+    finally:
+        srv.close()
 
 ANVIL = os.environ.get("ANVIL_BIN", "")
 

@@ -281,6 +281,7 @@ TEST(MetricsStore, IncrementalJson) {
   auto tail = nlohmann::json::parse(s.json_since(2, 13.0));
   EXPECT_EQ(tail["series"], nlohmann::json::parse(R"({"a":[[2,3.0]]})"));
   EXPECT_FALSE(tail.contains("config"));
+  EXPECT_EQ(tail["texts"], nlohmann::json::object());  // "t" was logged before record 2
   EXPECT_EQ(nlohmann::json::parse(s.json_since(99, 13.0))["series"], nlohmann::json::object());
 }
 
