@@ -3,6 +3,7 @@
 #include "backends/common/error.hpp"
 #include "proto/anvil.grpc.pb.h"
 #include "runtime/crc32c.hpp"
+#include "runtime/cuda_ipc.hpp"
 #include "runtime/data_plane.hpp"
 #include "runtime/grpc_util.hpp"
 #include "runtime/placement.hpp"
@@ -21,6 +22,7 @@
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <sstream>
 #include <thread>
 
 namespace anvil::runtime {
@@ -285,6 +287,58 @@ TEST(Tls, GrpcNeedsACertificateOfTheSameCa) {
             std::string::npos);
   EXPECT_EQ(rx.version(), 1u);
   std::filesystem::remove_all(dir);
+}
+
+// ---- CUDA IPC (same-node GPU weight sync) ----------------------------------------------
+
+TEST(CudaIpc, ExportedBufferIsReadByAnotherProcess) {
+  std::string why;
+  if (!cuda_ipc_available(&why)) {
+    EXPECT_FALSE(why.empty());
+    int x = 0;
+    EXPECT_NE(error_of([&] { cuda_ipc_export(&x, sizeof(x)); }).find(why), std::string::npos);
+    GTEST_SKIP() << "CUDA IPC weight sync skipped: " << why;
+  }
+  std::vector<uint8_t> host((1 << 20) + 3);
+  for (size_t i = 0; i < host.size(); ++i) host[i] = static_cast<uint8_t>(i * 167 + 11);
+  const size_t offset = 4096;  // inside the allocation, as a caching allocator hands it out
+  CudaDeviceBuffer buf(offset + host.size(), 0);
+  buf.upload(host.data(), host.size(), offset);
+  CudaIpcBuffer ipc = cuda_ipc_export(static_cast<char*>(buf.data()) + offset, host.size());
+  EXPECT_EQ(ipc.offset, offset);
+  EXPECT_EQ(ipc.bytes, host.size());
+  // Another process (this binary, running only CudaIpc.ChildSide) opens the handle.
+  std::string hex;
+  for (unsigned char c : ipc.handle)
+    hex += "0123456789abcdef"[c >> 4], hex += "0123456789abcdef"[c & 15];
+  std::string spec = hex + " " + std::to_string(ipc.offset) + " " + std::to_string(ipc.bytes) +
+                     " " + std::to_string(ipc.device) + " " +
+                     std::to_string(crc32c(host.data(), host.size()));
+  ::setenv("ANVIL_CUDA_IPC_TEST", spec.c_str(), 1);
+  std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  int rc = std::system((self + " --gtest_filter=CudaIpc.ChildSide > /dev/null 2>&1").c_str());
+  ::unsetenv("ANVIL_CUDA_IPC_TEST");
+  EXPECT_EQ(rc, 0) << "the child process could not read the exported buffer";
+}
+
+TEST(CudaIpc, ChildSide) {
+  const char* spec = std::getenv("ANVIL_CUDA_IPC_TEST");
+  if (spec == nullptr) GTEST_SKIP() << "runs as the child of ExportedBufferIsReadByAnotherProcess";
+  std::istringstream in(spec);
+  std::string hex;
+  CudaIpcBuffer ipc;
+  uint32_t want = 0;
+  in >> hex >> ipc.offset >> ipc.bytes >> ipc.device >> want;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2)
+    ipc.handle.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  std::vector<uint8_t> out(ipc.bytes);
+  cuda_ipc_copy(ipc, out.data(), /*dst_is_host=*/true);
+  EXPECT_EQ(crc32c(out.data(), out.size()), want);
+  CudaDeviceBuffer dst(ipc.bytes, ipc.device);  // device to device
+  cuda_ipc_copy(ipc, dst.data());
+  std::fill(out.begin(), out.end(), 0);
+  dst.download(out.data(), out.size());
+  EXPECT_EQ(crc32c(out.data(), out.size()), want);
 }
 
 TEST(WeightTransfer, WrongTokenIsRefusedBeforeApplying) {
