@@ -25,6 +25,7 @@ struct RolloutOptions {
 struct JobOptions {
   std::string model;              // --model: HF directory (policy, reference and engines)
   std::string dtype = "float32";  // --dtype
+  std::string device = "cpu";     // --device: cpu | cuda | cuda:N, in every role process
   data::DataOptions data;
   train::TrainerOptions train;
   RolloutOptions rollout;

@@ -5,6 +5,7 @@
 #include "runtime/crc32c.hpp"
 
 #include <cmath>
+#include <cstdlib>
 
 namespace anvil::actors::detail {
 
@@ -112,10 +113,26 @@ train::TrainSample to_train_sample(const runtime::WireSample& s) {
   return t;
 }
 
+at::Device role_device(const JobOptions& job) {
+  at::Device device(at::kCPU);
+  try {
+    device = at::Device(job.device);
+  } catch (const std::exception&) {
+    fail("--device '{}' is not a device (cpu, cuda, cuda:N)", job.device);
+  }
+  if (device.is_cuda() && !at::hasCUDA()) {
+    fail("--device {}: no CUDA device is visible to this role (CUDA_VISIBLE_DEVICES='{}')",
+         job.device,
+         std::getenv("CUDA_VISIBLE_DEVICES") ? std::getenv("CUDA_VISIBLE_DEVICES") : "");
+  }
+  if (!device.is_cpu() && !device.is_cuda()) fail("--device {}: only cpu and cuda", job.device);
+  return device;
+}
+
 std::unique_ptr<models::DecoderModel> load_model(const JobOptions& job) {
   if (job.model.empty()) fail("--model is required");
   return models::DecoderModel::from_pretrained(job.model, models::parse_dtype_name(job.dtype),
-                                               at::Device(at::kCPU));
+                                               role_device(job));
 }
 
 }  // namespace anvil::actors::detail

@@ -36,7 +36,10 @@ std::vector<std::string> targets_of(const std::string& targets_json, const char*
 // Splits a rollout by prompt group over `n` targets (contiguous ranges of groups).
 std::vector<runtime::Rollout> split_by_group(const runtime::Rollout& r, size_t n);
 train::TrainSample to_train_sample(const runtime::WireSample& s);
-// The job's --model on the CPU in --dtype.
+// The job's --device, checked: CUDA needs a visible device (the worker gives each role
+// its devices through CUDA_VISIBLE_DEVICES, so "cuda" is the role's first one).
+at::Device role_device(const JobOptions& job);
+// The job's --model on --device in --dtype.
 std::unique_ptr<models::DecoderModel> load_model(const JobOptions& job);
 
 }  // namespace anvil::actors::detail

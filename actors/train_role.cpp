@@ -126,12 +126,14 @@ class TrainRole final : public Role {
       co.rank = ctx_.rank;
       co.world_size = world_;
       co.timeout = std::chrono::milliseconds(job_.transfer_timeout_ms);
+      const at::Device device = role_device(job_);
+      co.backend = device.is_cuda() ? dist::CommBackend::Nccl : dist::CommBackend::Gloo;
       comm_ = dist::Communicator::create(co);
       fsdp::FsdpOptions fo;
       fo.reshard_after_forward = job_.reshard_after_forward;
       fo.cpu_offload = job_.fsdp_cpu_offload;
-      fsdp_ = std::make_unique<fsdp::FsdpModel>(
-          comm_, job_.model, models::parse_dtype_name(job_.dtype), at::Device(at::kCPU), fo);
+      fsdp_ = std::make_unique<fsdp::FsdpModel>(comm_, job_.model,
+                                                models::parse_dtype_name(job_.dtype), device, fo);
       train::TrainerOptions o = job_.train;
       o.schedule.dp_size = world_;
       o.dp_rank = ctx_.rank;

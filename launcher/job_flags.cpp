@@ -21,6 +21,10 @@ namespace anvil::launcher {
 void add_job_flags(CLI::App& cmd, actors::JobOptions& job) {
   cmd.add_option("--model", job.model, "HuggingFace model directory (policy, ref, engines)");
   cmd.add_option("--dtype", job.dtype, "float32 | bfloat16 | float16")->capture_default_str();
+  cmd.add_option("--device", job.device,
+                 "cpu | cuda | cuda:N for every role (a role's CUDA devices are those its worker "
+                 "gives it)")
+      ->capture_default_str();
   add_data_flags(cmd, job.data);
   add_train_flags(cmd, job.train);
   auto& r = job.rollout;

@@ -7,6 +7,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from test_runtime import Cluster, assert_no_processes, job_flags, run, setup  # noqa: F401
@@ -81,3 +82,13 @@ def test_head_and_two_workers_run_grpo_with_a_train_group_of_two(setup):
     # The same job on one rank in one process trains to the same weights.
     assert_close(weights(save), weights(d / "one"))
 
+
+
+def test_cuda_roles_without_a_gpu_are_refused_clearly(setup):
+    d, model, data = setup
+    if os.path.exists("/dev/nvidia0"):
+        pytest.skip("a GPU is here: --device cuda is a real run, not a refusal")
+    p = run("head", "--in-process", *job_flags(model, data, "--num-rollout", "1", "--device",
+                                                "cuda"), check=False)
+    assert p.returncode != 0
+    assert "--device cuda: no CUDA device is visible to this role" in p.stderr, p.stderr
