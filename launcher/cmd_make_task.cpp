@@ -1,4 +1,5 @@
-// anvil make-task arithmetic --out DIR [--seed S] [--train N] [--eval M] [--digits D] [--ops +-*]
+// anvil make-task arithmetic --out DIR [--seed S] [--train N] [--eval M] [--digits D] [--digits2
+// D2] [--ops +-*]
 //
 // Writes a bundled task (rollout/tasks) as DIR/train.jsonl, DIR/eval.jsonl and DIR/task.json:
 // rows {"prompt": "37+85=", "label": "122"} for --input-key prompt --label-key label, scored
@@ -25,7 +26,11 @@ void register_make_task(CLI::App& app, int& exit_code) {
   cmd->add_option("--seed", a->options.seed)->capture_default_str();
   cmd->add_option("--train", a->options.train, "Train problems")->capture_default_str();
   cmd->add_option("--eval", a->options.eval, "Held-out eval problems")->capture_default_str();
-  cmd->add_option("--digits", a->options.digits, "Operand digits")->capture_default_str();
+  cmd->add_option("--digits", a->options.digits, "Digits of the first operand")
+      ->capture_default_str();
+  cmd->add_option("--digits2", a->options.digits2,
+                  "Digits of the second operand of + and - (0 = --digits)")
+      ->capture_default_str();
   cmd->add_option("--ops", a->options.ops, "Operators, any of +-*")->capture_default_str();
   cmd->callback([a, &exit_code] {
     if (a->task != "arithmetic")

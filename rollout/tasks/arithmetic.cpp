@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <fstream>
 #include <random>
 #include <set>
@@ -31,10 +32,12 @@ uint64_t pow10(int d) {
 // Distinct problems the options can produce (for the capacity check).
 double problem_space(const ArithmeticOptions& o) {
   const double m = static_cast<double>(pow10(o.digits));
+  const double m2 = static_cast<double>(pow10(o.digits2 > 0 ? o.digits2 : o.digits));
   double n = 0;
   for (char op : std::set<char>(o.ops.begin(), o.ops.end())) {
-    if (op == '+') n += m * m;
-    if (op == '-') n += m * (m + 1) / 2;
+    if (op == '+') n += m * m2;
+    // Unordered pairs {a, b}: each pair with both below min(m, m2) is drawn two ways.
+    if (op == '-') n += m * m2 - std::min(m, m2) * (std::min(m, m2) - 1) / 2;
     if (op == '*') n += m * 10;
   }
   return n;
@@ -58,6 +61,7 @@ void write_jsonl(const std::filesystem::path& path, const std::vector<TaskRow>& 
 
 void ArithmeticOptions::validate() const {
   if (digits < 1 || digits > 9) fail("--digits must be in [1, 9] (got {})", digits);
+  if (digits2 < 0 || digits2 > 9) fail("--digits2 must be in [0, 9] (got {})", digits2);
   if (ops.empty()) fail("--ops must name at least one operator of +, -, *");
   for (char c : ops) {
     if (c != '+' && c != '-' && c != '*') {
@@ -76,12 +80,13 @@ TaskSplit make_arithmetic(const ArithmeticOptions& o) {
   o.validate();
   std::mt19937_64 rng(o.seed);
   const uint64_t m = pow10(o.digits);
+  const uint64_t m2 = pow10(o.digits2 > 0 ? o.digits2 : o.digits);
   std::set<std::tuple<char, uint64_t, uint64_t>> seen;
   auto next = [&]() -> TaskRow {
     for (;;) {
       const char op = o.ops[draw(rng, o.ops.size())];
       uint64_t a = draw(rng, m);
-      uint64_t b = draw(rng, op == '*' ? 10 : m);
+      uint64_t b = draw(rng, op == '*' ? 10 : m2);
       if (op == '-' && a < b) std::swap(a, b);
       if (!seen.insert({op, a, b}).second) continue;
       const uint64_t c = op == '+' ? a + b : op == '-' ? a - b : a * b;

@@ -5,8 +5,8 @@
 //
 // Generation: std::mt19937_64(seed) with anvil's own bounded draw (the same problems on
 // every platform). Each problem picks an operator from `ops` uniformly, then operands:
-//   +  a, b uniform in [0, 10^digits)
-//   -  a, b uniform in [0, 10^digits), swapped so that a >= b (answers are never negative)
+//   +  a uniform in [0, 10^digits), b uniform in [0, 10^digits2)
+//   -  the same, swapped so that a >= b (answers are never negative)
 //   *  a uniform in [0, 10^digits), b uniform in [0, 10)
 // The eval problems are drawn first; train problems never repeat an eval problem (held
 // out), and neither set repeats a problem within itself.
@@ -23,9 +23,10 @@ struct ArithmeticOptions {
   uint64_t seed = 0;
   int64_t train = 2000;   // train problems
   int64_t eval = 200;     // held-out problems
-  int digits = 2;         // operand digits (1..9)
+  int digits = 2;         // digits of the first operand (1..9)
+  int digits2 = 0;        // digits of the second operand of + and - (0 = digits)
   std::string ops = "+";  // any of "+-*"
-  // Throws anvil::Error naming the flag (--digits, --ops, --train, --eval) when out of
+  // Throws anvil::Error naming the flag (--digits, --digits2, --ops, --train, --eval) when out of
   // range or when there are fewer distinct problems than train + eval.
   void validate() const;
 };

@@ -62,6 +62,28 @@ TEST(ArithmeticTask, SameSeedSameProblemsOtherSeedOthers) {
   EXPECT_LT(same, 5);
 }
 
+TEST(ArithmeticTask, SecondOperandDigits) {
+  ArithmeticOptions o;
+  o.train = 700;
+  o.eval = 200;  // 900 of the 1000 problems a + b, a < 100, b < 10
+  o.digits = 2;
+  o.digits2 = 1;
+  auto s = make_arithmetic(o);
+  for (const auto& r : s.train) {
+    const std::string b = r.prompt.substr(r.prompt.find('+') + 1);
+    EXPECT_EQ(b.size(), 2u) << r.prompt;  // one digit and '='
+  }
+  o.train = 801;
+  EXPECT_THROW(make_arithmetic(o), anvil::Error);  // 1001 > 1000 distinct problems
+  // Subtraction with a >= b: 100 * 10 ordered pairs, of which 45 pairs below 10 coincide.
+  o.ops = "-";
+  o.train = 955;
+  o.eval = 0;
+  EXPECT_EQ(make_arithmetic(o).train.size(), 955u);
+  o.train = 956;
+  EXPECT_THROW(make_arithmetic(o), anvil::Error);
+}
+
 TEST(ArithmeticTask, BadOptionsAreNamed) {
   auto expect_error = [](ArithmeticOptions o, const std::string& needle) {
     try {
