@@ -130,6 +130,21 @@ uint32_t crc32c(const void* data, size_t size, uint32_t crc) {
   return ~crc_table(p, size, c);
 }
 
+uint32_t crc32c_copy(void* dst, const void* src, size_t size, uint32_t crc) {
+  constexpr size_t kBlock = 3 * kLane;  // 24 KiB: one interleaved CRC block, L1/L2-sized
+  auto* d = static_cast<uint8_t*>(dst);
+  const auto* s = static_cast<const uint8_t*>(src);
+  while (size > 0) {
+    size_t n = size < kBlock ? size : kBlock;
+    std::memcpy(d, s, n);
+    crc = crc32c(d, n, crc);
+    d += n;
+    s += n;
+    size -= n;
+  }
+  return crc;
+}
+
 uint32_t crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
   return multmodp(x2nmodp(len_b, 3), crc_a) ^ crc_b;
 }

@@ -12,6 +12,11 @@ namespace anvil::runtime {
 // CRC-32C of `size` bytes at `data`, continuing from `crc` (0 for a fresh checksum).
 uint32_t crc32c(const void* data, size_t size, uint32_t crc = 0);
 
+// Copies `size` bytes from `src` to `dst` and returns the CRC-32C of the copied bytes
+// (continuing from `crc`): block by block, each block checksummed right after its copy
+// while it is still in cache, so memory is streamed through once instead of twice.
+uint32_t crc32c_copy(void* dst, const void* src, size_t size, uint32_t crc = 0);
+
 // The CRC-32C of A followed by B, from crc(A), crc(B) and B's length (zlib's
 // crc32_combine for the Castagnoli polynomial; O(log len_b), no data touched).
 uint32_t crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);

@@ -195,11 +195,12 @@ class WeightService final : public proto::WeightTransfer::Service {
         return invalid("tensor '" + name + "': range outside shared memory " + shm->name());
       }
       const uint8_t* src = shm->data() + chunk.byte_offset();
-      if (crc32c(src, nbytes) != chunk.crc32c()) {
+      // Copy out and checksum what was copied in one pass; a mismatch leaves only the
+      // staging buffer touched (the version is not applied).
+      if (crc32c_copy(t.bytes.data(), src, nbytes) != chunk.crc32c()) {
         return {grpc::StatusCode::DATA_LOSS,
                 "WeightTransfer.Push: tensor '" + name + "': CRC-32C mismatch in shared memory"};
       }
-      if (nbytes > 0) std::memcpy(t.bytes.data(), src, nbytes);
       t.crc32c = chunk.crc32c();
       done = nbytes;
       return grpc::Status::OK;
@@ -213,13 +214,14 @@ class WeightService final : public proto::WeightTransfer::Service {
       return invalid("tensor '" + name + "': chunk runs past total_bytes " +
                      std::to_string(nbytes));
     }
-    const uint32_t crc = crc32c(data.data(), data.size());
+    // Copy into the tensor and checksum the copy in one pass (a bad chunk fails the push;
+    // the half-written staging buffer is never applied).
+    const uint32_t crc = crc32c_copy(t.bytes.data() + done, data.data(), data.size());
     if (crc != chunk.crc32c()) {
       return {grpc::StatusCode::DATA_LOSS, "WeightTransfer.Push: tensor '" + name +
                                                "': CRC-32C mismatch in the chunk at byte " +
                                                std::to_string(done)};
     }
-    if (!data.empty()) std::memcpy(t.bytes.data() + done, data.data(), data.size());
     t.crc32c = crc32c_combine(t.crc32c, crc, data.size());  // no second pass over the data
     done += data.size();
     return grpc::Status::OK;
@@ -291,6 +293,7 @@ WeightPushResult WeightPusher::push(uint64_t version, const std::vector<TensorVi
   for (const auto& t : tensors) total += t.bytes;
   SharedMemory* shm = nullptr;
   std::vector<uint64_t> offsets;
+  std::vector<uint32_t> crcs;  // of each tensor, taken while copying it into the segment
   if (options.shared_memory) {
     if (!impl_->shm || impl_->shm->size() != total) {
       impl_->shm.reset();
@@ -300,7 +303,7 @@ WeightPushResult WeightPusher::push(uint64_t version, const std::vector<TensorVi
     uint64_t at = 0;
     for (const auto& t : tensors) {
       offsets.push_back(at);
-      if (t.bytes > 0) std::memcpy(shm->data() + at, t.data, t.bytes);
+      crcs.push_back(crc32c_copy(shm->data() + at, t.data, t.bytes));
       at += t.bytes;
     }
   }
@@ -362,7 +365,7 @@ WeightPushResult WeightPusher::push(uint64_t version, const std::vector<TensorVi
     if (shm) {
       chunk.set_shm_name(shm->name());
       chunk.set_byte_offset(offsets[i]);
-      chunk.set_crc32c(crc32c(t.data, t.bytes));
+      chunk.set_crc32c(crcs[i]);
       send(last_tensor);
       continue;
     }

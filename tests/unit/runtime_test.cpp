@@ -79,6 +79,13 @@ TEST(Crc32c, InterleavedStreamsAndCombineMatchTheBitwiseOracle) {
                 crc32c_bitwise(buf.data() + start, n, 0x12345678u));
     }
   }
+  for (size_t n : {0, 3, 24576, 100001}) {  // copy + checksum in one pass
+    std::vector<uint8_t> dst(n + 1, 0xAB);
+    EXPECT_EQ(crc32c_copy(dst.data(), buf.data() + 1, n, 7u),
+              crc32c_bitwise(buf.data() + 1, n, 7u));
+    EXPECT_TRUE(std::equal(dst.begin(), dst.begin() + n, buf.begin() + 1));
+    EXPECT_EQ(dst[n], 0xAB);
+  }
   for (size_t cut : {0, 1, 1000, 100000, 200000}) {
     uint32_t a = crc32c(buf.data(), cut), b = crc32c(buf.data() + cut, buf.size() - cut);
     EXPECT_EQ(crc32c_combine(a, b, buf.size() - cut), crc32c(buf.data(), buf.size())) << cut;
