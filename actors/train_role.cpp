@@ -11,6 +11,7 @@
 #include "runtime/data_plane.hpp"
 
 #include <ATen/ATen.h>
+#include <c10/core/CachingDeviceAllocator.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -252,7 +253,33 @@ class TrainRole final : public Role {
     return nlohmann::json{{"saved", dir}, {"iteration", version_}, {"rank", ctx_.rank}}.dump();
   }
 
+  // Colocated mode: the training state (weights or shards, AdamW state) leaves the device
+  // while the engines generate, and the device's cached blocks go back to the driver so the
+  // engine process can use them. On the CPU there is nothing to give back.
+  std::string offload() override { return move_state(/*to_host=*/true); }
+  std::string onload() override { return move_state(/*to_host=*/false); }
+
  private:
+  std::string move_state(bool to_host) {
+    const at::Device device = role_device(job_);
+    nlohmann::json out = {{"rank", ctx_.rank}, {"device", job_.device}};
+    if (!device.is_cuda()) {
+      out["moved"] = false;
+      return out.dump();
+    }
+    at::NoGradGuard no_grad;
+    const at::Device target = to_host ? at::Device(at::kCPU) : device;
+    if (fsdp_) {
+      to_host ? fsdp_->offload() : fsdp_->onload();
+      trainer_->optimizer().move_state_to(target);
+    } else {
+      trainer_->move_state_to(target);
+    }
+    if (to_host) c10::getDeviceAllocator(c10::kCUDA)->emptyCache();
+    out["moved"] = true;
+    out["offloaded"] = to_host;
+    return out.dump();
+  }
   // The full weights in HF order as views (kept alive by `keep`) and their CRC-32C. One
   // rank: the model's own tensors. FSDP: gathered in buckets of --update-weight-buffer-size
   // in the model's dtype (every rank takes part); only `keep_tensors` ranks keep them.

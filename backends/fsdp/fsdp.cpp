@@ -667,6 +667,32 @@ void FsdpModel::export_hf(const std::filesystem::path& out, const std::filesyste
     fail("--save-hf {}: {}", out.string(), f.R() == 0 ? error : "failed on rank 0");
 }
 
+void FsdpModel::offload() {
+  Impl& f = *impl_;
+  f.drain();
+  at::NoGradGuard no_grad;
+  for (size_t g = 0; g < f.groups.size(); ++g) {
+    if (!f.gathered[g]) continue;
+    for (int i : f.groups[g]) free_storage(f.full(f.params[static_cast<size_t>(i)]));
+    f.gathered[g] = false;
+  }
+  for (Param& p : f.params) {
+    p.shard.mutable_grad() = at::Tensor();
+    if (p.shard.is_cpu()) continue;
+    p.shard.set_data(train::offload_copy(p.shard, at::kCPU));
+  }
+}
+
+void FsdpModel::onload() {
+  Impl& f = *impl_;
+  at::NoGradGuard no_grad;
+  for (Param& p : f.params) {
+    if (p.shard.device() == f.shard_device()) continue;
+    p.shard.set_data(p.shard.to(f.shard_device()));
+  }
+  f.unshard(f.root());
+}
+
 int64_t FsdpModel::shard_bytes() const {
   int64_t n = 0;
   for (const Param& p : impl_->params) n += 2 * p.shard.numel() * 4;  // shard + its gradient

@@ -90,6 +90,12 @@ class FsdpModel {
   void export_hf(const std::filesystem::path& out, const std::filesystem::path& source,
                  at::ScalarType dtype, uint64_t max_shard_bytes = 5ull << 30);
 
+  // Colocated mode: every gathered parameter freed and the shards (the optimizer's
+  // parameters) moved to pinned host memory; onload() moves them back and gathers the root
+  // group. The optimizer's own state is moved by AdamW::move_state_to. Not collective.
+  void offload();
+  void onload();
+
   // Bytes this rank holds for parameters (shards) and their gradients, for measurements.
   int64_t shard_bytes() const;
 

@@ -44,6 +44,23 @@ AdamW::AdamW(std::vector<at::Tensor> params, OptimizerOptions options)
   }
 }
 
+at::Tensor offload_copy(const at::Tensor& t, const at::Device& device) {
+  if (!(device.is_cpu() && t.is_cuda())) return t.to(device);
+  at::Tensor out = at::empty(t.sizes(), t.options().device(at::kCPU).pinned_memory(true));
+  out.copy_(t);
+  return out;
+}
+
+void AdamW::move_state_to(const at::Device& device) {
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    for (at::Tensor* t : {&master_[i], &exp_avg_[i], &exp_avg_sq_[i]}) {
+      if (t->is_same(params_[i]) || t->device() == device) continue;
+      t->set_data(offload_copy(*t, device));
+    }
+  }
+}
+
 void AdamW::load_state(int64_t steps, const std::vector<at::Tensor>& master,
                        const std::vector<at::Tensor>& exp_avg,
                        const std::vector<at::Tensor>& exp_avg_sq) {

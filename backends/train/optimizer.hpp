@@ -37,6 +37,10 @@ struct StepStats {
   double lr;         // learning rate used for this step
 };
 
+// `t` copied to `device` for colocated offload: into pinned host memory when it leaves a
+// CUDA device (so onload copies run at full PCIe speed), a plain copy otherwise.
+at::Tensor offload_copy(const at::Tensor& t, const at::Device& device);
+
 class AdamW {
  public:
   // `params` are leaf tensors with requires_grad; the optimizer keeps handles to them.
@@ -60,6 +64,11 @@ class AdamW {
   const std::vector<at::Tensor>& master_weights() const { return master_; }
   const std::vector<at::Tensor>& exp_avg() const { return exp_avg_; }
   const std::vector<at::Tensor>& exp_avg_sq() const { return exp_avg_sq_; }
+  // Moves the fp32 masters and moments to `device` in place (tensor identities stay; pinned
+  // host memory when moving off a CUDA device), for colocated offload. Parameters are the
+  // caller's to move.
+  void move_state_to(const at::Device& device);
+
   // Restores a saved state (same shapes, copied in place; the parameters are set from the
   // masters). Throws anvil::Error naming the tensor on a count or shape mismatch.
   void load_state(int64_t steps, const std::vector<at::Tensor>& master,

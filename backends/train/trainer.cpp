@@ -255,6 +255,16 @@ Metrics Trainer::accumulate_step(const StepSchedule& step, const StepInputs& in)
   return metrics;
 }
 
+void Trainer::move_state_to(const at::Device& device) {
+  at::NoGradGuard no_grad;
+  for (at::Tensor& p : model_.parameters()) {
+    if (!p.defined() || p.device() == device) continue;
+    p.mutable_grad() = at::Tensor();
+    p.set_data(offload_copy(p, device));
+  }
+  optimizer_->move_state_to(device);
+}
+
 void Trainer::optimizer_step(Metrics& metrics) {
   if (hooks_.reduce_metrics) hooks_.reduce_metrics(metrics);
   if (hooks_.before_optimizer_step) hooks_.before_optimizer_step();

@@ -106,6 +106,12 @@ class Trainer {
   // Called between gradient accumulation and the update (gradient all-reduce).
   std::function<void()> before_optimizer_step;
 
+  // Colocated offload of an unsharded model: the parameters (gradients dropped) and the
+  // optimizer state move to `device` in place, pinned when leaving a CUDA device; tensor
+  // identities stay, so training goes on after moving back. Sharded backends move their
+  // shards themselves and call optimizer().move_state_to().
+  void move_state_to(const at::Device& device);
+
   models::DecoderModel& model() { return model_; }
   AdamW& optimizer() { return *optimizer_; }
   const TrainerOptions& options() const { return options_; }

@@ -4,7 +4,10 @@
 //
 //   fsdp_tool --model DIR --out DIR [--world W --rank R --port P] [--single]
 //             [--rollouts K] [--ckpt] [--offload] [--no-reshard] [--die-at-rollout N]
-//             [--timeout-ms T] [--bucket-bytes B] [--nccl]
+//             [--timeout-ms T] [--bucket-bytes B] [--nccl] [--cuda] [--offload-cycle]
+//
+// --cuda: the model (single or sharded) on the CUDA device; --offload-cycle: between
+// rollouts the training state goes to pinned host memory and back (colocated offload).
 #include "backends/common/error.hpp"
 #include "backends/dist/communicator.hpp"
 #include "backends/fsdp/fsdp.hpp"
@@ -47,7 +50,8 @@ int main(int argc, char** argv) {
   int world = 1, rank = 0, port = 29500, rollouts = 2, die_at = -1;
   int64_t timeout_ms = 60000, max_tokens = 40;
   bool single = false, ckpt = false, offload = false, reshard = true;
-  bool nccl = false;          // --nccl: the group over NCCL (CUDA devices)
+  bool nccl = false;  // --nccl: the group over NCCL (CUDA devices)
+  bool cuda = false, offload_cycle = false;
   int64_t bucket_bytes = -1;  // >= 0: write the weights through for_each_full_bucket
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -86,6 +90,10 @@ int main(int argc, char** argv) {
       offload = true;
     else if (a == "--nccl")
       nccl = true;
+    else if (a == "--cuda")
+      cuda = true;
+    else if (a == "--offload-cycle")
+      offload_cycle = true;
     else if (a == "--bucket-bytes")
       bucket_bytes = std::stoll(next());
     else if (a == "--no-reshard")
@@ -114,11 +122,12 @@ int main(int argc, char** argv) {
     o.log_probs_chunk_size = 7;
     o.gradient_checkpointing = ckpt;
 
+    const at::Device device = cuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
     std::unique_ptr<models::DecoderModel> plain;
     std::unique_ptr<fsdp::FsdpModel> sharded;
     std::unique_ptr<train::Trainer> trainer;
     if (single) {
-      plain = models::DecoderModel::from_pretrained(model_dir, at::kFloat, at::kCPU);
+      plain = models::DecoderModel::from_pretrained(model_dir, at::kFloat, device);
       trainer = std::make_unique<train::Trainer>(*plain, o);
     } else {
       dist::CommOptions co;
@@ -131,7 +140,7 @@ int main(int argc, char** argv) {
       fsdp::FsdpOptions fo;
       fo.cpu_offload = offload;
       fo.reshard_after_forward = reshard;
-      sharded = std::make_unique<fsdp::FsdpModel>(comm, model_dir, at::kFloat, at::kCPU, fo);
+      sharded = std::make_unique<fsdp::FsdpModel>(comm, model_dir, at::kFloat, device, fo);
       o.schedule.dp_size = world;
       o.dp_rank = rank;
       trainer = std::make_unique<train::Trainer>(sharded->model(), o, sharded->trainer_hooks());
@@ -147,6 +156,17 @@ int main(int argc, char** argv) {
       if (r == die_at) std::raise(SIGKILL);
       auto m = trainer->train_rollout(rollout(1000 + r, model.config().vocab_size));
       last = m.back();
+      if (offload_cycle) {
+        if (single) {
+          trainer->move_state_to(at::kCPU);
+          trainer->move_state_to(device);
+        } else {
+          sharded->offload();
+          trainer->optimizer().move_state_to(at::kCPU);
+          trainer->optimizer().move_state_to(device);
+          sharded->onload();
+        }
+      }
     }
     if (!save_dir.empty() && !single)
       sharded->save_checkpoint(save_dir, first_rollout + rollouts, trainer->optimizer(),
@@ -156,7 +176,7 @@ int main(int argc, char** argv) {
     // Full weights out (every rank gathers; rank 0 writes).
     models::CheckpointWriter writer(out_dir);
     auto write = [&](const std::string& name, const at::Tensor& t) {
-      if (single || rank == 0) writer.add(name, t);
+      if (single || rank == 0) writer.add(name, t.cpu());
     };
     if (single) {
       for (size_t i = 0; i < model.specs().size(); ++i)

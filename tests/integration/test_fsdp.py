@@ -70,6 +70,7 @@ CASES = [
     (2, ["--no-reshard"]),
     (3, ["--ckpt", "--offload", "--no-reshard"]),
     (2, ["--bucket-bytes", "40000"]),  # weights written from the weight-sync buckets
+    (2, ["--offload-cycle"]),  # colocated offload + onload between rollouts
 ]
 
 
@@ -111,6 +112,29 @@ def test_nccl_group_without_a_gpu_is_refused_clearly(model):
     for rc, so, se in results:
         assert rc != 0
         assert ("no CUDA device is visible" in se or "this build has no NCCL support" in se), se
+
+
+def gpu_present():
+    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
+
+
+@pytest.mark.parametrize("extra", [[], ["--offload-cycle"], ["--ckpt", "--offload"]],
+                         ids=["plain", "offload-cycle", "ckpt-cpu-offload"])
+def test_cuda_nccl_group_matches_cpu(model, reference, extra):
+    """One rank over NCCL with the model on the GPU (a single GPU cannot hold two NCCL ranks):
+    the CUDA FSDP path, NCCL collectives and colocated offload give the CPU reference's
+    weights within fp32 reduction-order noise."""
+    if not gpu_present():
+        pytest.skip("no GPU: the CUDA/NCCL path runs on the device machine")
+    d, path = model
+    out = str(d / ("cuda" + "_".join(x.strip("-") for x in extra)))
+    results = run_group(path, out, 1, ["--nccl", "--cuda", *extra])
+    for rc, so, se in results:
+        assert rc == 0, se
+    ref, _ = reference
+    got = weights(out)
+    worst = max(float(np.abs(got[k] - ref[k]).max()) for k in ref)
+    assert worst < 1e-4, worst
 
 
 def test_shard_memory_scales_with_world_size(model, reference):

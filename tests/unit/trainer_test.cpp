@@ -541,3 +541,34 @@ TEST(CudaTrainer, Bf16SftLearnsAndCheckpointsRoundTrip) {
   }
   fs::remove_all(dir);
 }
+
+TEST(CudaTrainer, OffloadAndOnloadKeepTrainingBitwise) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  auto opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  auto samples = random_samples(4, 17);
+  TrainerOptions o;
+  o.loss.loss_type = "sft_loss";
+  o.schedule.global_batch_size = 4;
+  o.optimizer.lr = 1e-3;
+  std::vector<std::vector<at::Tensor>> finals;
+  for (bool offload : {false, true}) {
+    auto model = std::make_unique<DecoderModel>(tiny_config(), opts);
+    model->parameters() = anvil::models::init_parameters(model->config(), model->specs(), 5, opts);
+    Trainer t(*model, o);
+    for (int i = 0; i < 2; ++i) t.train_rollout(samples);
+    if (offload) {
+      t.move_state_to(at::kCPU);
+      for (auto& p : model->parameters()) {
+        EXPECT_TRUE(p.is_cpu() && p.is_pinned());
+      }
+      for (auto& m : t.optimizer().master_weights()) EXPECT_TRUE(m.is_cpu());
+      for (auto& m : t.optimizer().exp_avg_sq()) EXPECT_TRUE(m.is_cpu() && m.is_pinned());
+      t.move_state_to(at::Device(at::kCUDA));
+    }
+    for (int i = 0; i < 2; ++i) t.train_rollout(samples);
+    std::vector<at::Tensor> w;
+    for (auto& p : model->parameters()) w.push_back(p.cpu());
+    finals.push_back(w);
+  }
+  for (size_t i = 0; i < finals[0].size(); ++i) EXPECT_TRUE(at::equal(finals[0][i], finals[1][i]));
+}
