@@ -7,6 +7,7 @@
 // head exits with status 1.
 #include "actors/cluster.hpp"
 #include "actors/protocol.hpp"
+#include "actors/resume_state.hpp"
 #include "actors/role_actor.hpp"
 #include "runtime/shared_memory.hpp"
 
@@ -338,6 +339,13 @@ void Controller::start_job() {
       [=, this](std::vector<nlohmann::json> infos) {
         for (size_t i = 0; i < all.size(); ++i) all[i]->info = infos[i];
         L()->info("{} roles initialised", all.size());
+        try {  // --load: the roles loaded iteration N; rollout N comes next
+          st_->rollout = resumed_rollout(infos);
+        } catch (const std::exception& e) {
+          fail(e.what());
+          return;
+        }
+        if (st_->rollout > 0) L()->info("resuming at rollout {} (--load)", st_->rollout);
         run_rollout();
       });
 }
@@ -472,16 +480,27 @@ void Controller::sync_weights(uint64_t version, nlohmann::json rollout_report) {
 }
 
 void Controller::save_then_continue() {
-  // Every train rank writes its part (a sharded group's checkpoint is collective).
-  auto trains = roles_of("train");
+  // The rollout engines' state for the next rollout (data cursors, prompt indices) first;
+  // the train ranks store it in their checkpoint, whose step directory is complete before
+  // `latest` moves (actors/resume_state.hpp). Every train rank writes its part (a sharded
+  // group's checkpoint is collective).
+  SaveRequest req;
+  req.dir = st_->options.save_dir;
+  req.iteration = st_->rollout;
   ask_all(
-      trains,
-      [=, this](RoleEntry&) { return role_message(save_atom::value, st_->options.save_dir); },
-      [=, this](std::vector<nlohmann::json> replies) {
-        L()->info("checkpoint {} written under {}", replies[0].value("iteration", 0),
-                  st_->options.save_dir);
-        st_->report["checkpoints"].push_back(replies[0]);
-        run_rollout();
+      roles_of("rollout"),
+      [=](RoleEntry&) { return role_message(save_atom::value, save_request_text(req)); },
+      [=, this](std::vector<nlohmann::json> engine_states) mutable {
+        req.state["rollout_engines"] = engine_states;
+        ask_all(
+            roles_of("train"),
+            [=](RoleEntry&) { return role_message(save_atom::value, save_request_text(req)); },
+            [=, this](std::vector<nlohmann::json> replies) {
+              L()->info("checkpoint {} written under {}", replies[0].value("iteration", 0),
+                        st_->options.save_dir);
+              st_->report["checkpoints"].push_back(replies[0]);
+              run_rollout();
+            });
       });
 }
 

@@ -51,6 +51,14 @@ struct JobOptions {
   bool fsdp_cpu_offload = false;               // --fsdp-cpu-offload
   int64_t update_weight_buffer_size = int64_t{512} << 20;  // --update-weight-buffer-size
 
+  // Resume (actors/resume_state.hpp). --load: continue from the checkpoint in this directory
+  // (model, AdamW, LR step, RNG, the rollout engines' data cursors, the rollout id);
+  // --ckpt-step: that iteration instead of the latest. --seed: LibTorch's RNG in the train
+  // ranks (slime's default; a checkpoint keeps the RNG state).
+  std::string load;
+  int64_t ckpt_step = -1;
+  uint64_t seed = 1234;
+
   // The reference model is needed for the KL loss or KL reward shaping.
   bool use_ref() const { return train.loss.use_kl_loss || train.advantage.kl_coef != 0.0; }
 };

@@ -45,8 +45,10 @@ class Role {
   virtual std::string push_weights(uint64_t version, const std::string& targets_json);
   // {"weight_version", "checksum"}: the version held and a CRC-32C over all weights.
   virtual std::string version();
-  // train: writes a checkpoint under `dir`.
-  virtual std::string save(const std::string& dir);
+  // train: writes a checkpoint; `request` is its directory or a SaveRequest
+  // (actors/resume_state.hpp: directory, iteration, state to store). rollout: writes
+  // nothing, returns its state for that checkpoint (data cursor, prompt index).
+  virtual std::string save(const std::string& request);
   // Releases the model's memory (rollout / ref / train) until onload().
   virtual std::string offload();
   virtual std::string onload();

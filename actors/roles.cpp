@@ -1,6 +1,7 @@
 // The train, ref and rollout roles: thin adapters from control calls to the backends.
 // Letters: R = response tokens of a sample.
 #include "actors/job_options.hpp"
+#include "actors/resume_state.hpp"
 #include "actors/role.hpp"
 #include "actors/role_util.hpp"
 #include "backends/common/error.hpp"
@@ -125,16 +126,38 @@ class RolloutRole final : public Role {
     if (job_.rollout.rollout_batch_size < 1) fail("--rollout-batch-size must be >= 1");
     if (job_.rollout.n_samples_per_prompt < 1) fail("--n-samples-per-prompt must be >= 1");
     if (!job_.reward.rm_type.empty()) job_.reward.validate();
-    model_ = std::shared_ptr<models::DecoderModel>(load_model(job_));
+    // --load: the checkpoint's weights (its HF model/, in the model's dtype: what a weight
+    // push of that version carries), data cursor and prompt index.
+    std::optional<ResumePoint> resume;
+    if (!job_.load.empty()) resume = find_resume_point(job_.load, job_.ckpt_step);
+    JobOptions model_job = job_;
+    if (resume) model_job.model = (resume->dir / "model").string();
+    model_ = std::shared_ptr<models::DecoderModel>(load_model(model_job));
     chat_ = std::make_unique<data::ChatTokenizer>(data::ChatTokenizer::from_model_dir(job_.model));
     source_ = std::make_unique<data::PromptSource>(job_.data);
+    if (resume) {
+      nlohmann::json st = rollout_engine_state(*resume, ctx_.rank, engines());
+      const std::string where = (resume->dir / "trainer_state.json").string();
+      source_->restore(data::DataCursor::from_json(st["data_cursor"], where));
+      if (!st["prompt_index"].is_number_integer() || st["prompt_index"].get<int64_t>() < 0) {
+        fail("{}: rollout engine {}: 'prompt_index' must be a non-negative integer", where,
+             ctx_.rank);
+      }
+      prompt_index_ = st["prompt_index"].get<int64_t>();
+      version_ = static_cast<uint64_t>(resume->iteration);
+      next_rollout_ = resume->iteration;
+      loaded_iteration_ = resume->iteration;
+      L()->info("rollout engine {}: resumed at rollout {} (prompt {}, epoch {}, sample {})",
+                ctx_.rank, resume->iteration, prompt_index_, source_->cursor().epoch,
+                source_->cursor().offset);
+    }
     loader_ =
         std::make_unique<data::SampleLoader>(*source_, *chat_, data::LoaderMode::Prompt, job_.data);
     engine::EngineOptions eo;
     eo.background = false;  // generate() drives the steps on this role's thread
     eo.eos_token_ids = engine::model_eos_token_ids(job_.model, model_->config());
     eo.seed = job_.rollout.sampling_seed;
-    eo.weight_version = "0";
+    eo.weight_version = std::to_string(version_);
     auto tokenizer = std::make_shared<const data::Tokenizer>(
         data::Tokenizer::from_file(std::filesystem::path(job_.model) / "tokenizer.json"));
     engine_ = std::make_unique<engine::Engine>(model_, eo, tokenizer);
@@ -167,11 +190,14 @@ class RolloutRole final : public Role {
                     v.via_shared_memory ? ", shared memory" : "");
         });
     std::lock_guard<std::mutex> lock(mutex_);
-    return nlohmann::json{{"role", "rollout"},
-                          {"rank", ctx_.rank},
-                          {"endpoint", ctx_.bind_host + ":" + std::to_string(receiver_->port())},
-                          {"weight_version", version_},
-                          {"checksum", weights_checksum(*model_)}}
+    return nlohmann::json{
+        {"role", "rollout"},
+        {"rank", ctx_.rank},
+        {"endpoint", ctx_.bind_host + ":" + std::to_string(receiver_->port())},
+        {"weight_version", version_},
+        {"loaded_iteration",
+         loaded_iteration_ >= 0 ? nlohmann::json(loaded_iteration_) : nlohmann::json()},
+        {"checksum", weights_checksum(*model_)}}
         .dump();
   }
 
@@ -185,6 +211,12 @@ class RolloutRole final : public Role {
            ro.rollout_batch_size, engines);
     }
     std::lock_guard<std::mutex> lock(mutex_);
+    // The state before this rollout's prompts: what a checkpoint of iteration k stores, even
+    // when rollout k was generated ahead of that checkpoint (one-step-off).
+    const int64_t k = static_cast<int64_t>(rollout_id) / engines;
+    before_.emplace(k, state_before(k));
+    while (before_.size() > 8) before_.erase(before_.begin());  // only the latest few matter
+    next_rollout_ = std::max(next_rollout_, k + 1);
     struct Prompt {
       data::TokenizedSample sample;
       int64_t index;
@@ -268,6 +300,30 @@ class RolloutRole final : public Role {
         .dump();
   }
 
+  // Writes nothing: replies with this engine's state for the checkpoint of the request's
+  // iteration (the data cursor and prompt index before that rollout's prompts), which the
+  // controller hands to the train ranks to store (actors/resume_state.hpp).
+  std::string save(const std::string& request) override {
+    SaveRequest req = parse_save_request(request);
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (req.iteration < 0) {
+      fail("rollout engine {}: the save request names no iteration", ctx_.rank);
+    }
+    nlohmann::json st;
+    if (auto it = before_.find(req.iteration); it != before_.end()) {
+      st = it->second;
+    } else if (req.iteration == next_rollout_) {
+      st = state_before(req.iteration);
+    } else {
+      fail(
+          "rollout engine {}: asked for its state before rollout {}, but it has generated up "
+          "to rollout {}",
+          ctx_.rank, req.iteration, next_rollout_ - 1);
+    }
+    before_.erase(before_.begin(), before_.lower_bound(req.iteration));
+    return st.dump();
+  }
+
   // Colocated mode: weights to host memory and the KV cache freed while training runs.
   std::string offload() override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -281,6 +337,18 @@ class RolloutRole final : public Role {
   }
 
  private:
+  int64_t engines() const {
+    return job_.placement.rollout_num_gpus / job_.placement.rollout_num_gpus_per_engine;
+  }
+  // What a checkpoint keeps of this engine when the next rollout is `k`.
+  nlohmann::json state_before(int64_t k) const {
+    return {{"rank", ctx_.rank},
+            {"engines", engines()},
+            {"rollout", k},
+            {"prompt_index", prompt_index_},
+            {"data_cursor", source_->cursor().to_json()}};
+  }
+
   std::string memory_state() const {
     auto st = engine_->stats();
     return nlohmann::json{{"rank", ctx_.rank},
@@ -297,7 +365,10 @@ class RolloutRole final : public Role {
   std::unique_ptr<data::PromptSource> source_;
   std::unique_ptr<data::SampleLoader> loader_;
   std::unique_ptr<engine::Engine> engine_;
-  int64_t prompt_index_ = 0;  // prompts of the shared order seen so far
+  int64_t prompt_index_ = 0;                  // prompts of the shared order seen so far
+  int64_t next_rollout_ = 0;                  // the rollout after the last one generated
+  int64_t loaded_iteration_ = -1;             // --load: the checkpoint's iteration
+  std::map<int64_t, nlohmann::json> before_;  // rollout k -> state_before(k), until saved
   bool warned_no_rm_ = false;
   std::unique_ptr<runtime::WeightReceiver> receiver_;
   uint64_t version_ = 0;

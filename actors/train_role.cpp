@@ -1,5 +1,6 @@
 // The train role: receives rollouts, trains on them, pushes weights to the engines.
 #include "actors/job_options.hpp"
+#include "actors/resume_state.hpp"
 #include "actors/role.hpp"
 #include "actors/role_util.hpp"
 #include "backends/common/error.hpp"
@@ -140,6 +141,9 @@ class TrainRole final : public Role {
       o.dp_rank = ctx_.rank;
       trainer_ = std::make_unique<train::Trainer>(fsdp_->model(), o, fsdp_->trainer_hooks());
     }
+    // --seed (rank-offset), then --load restores the checkpoint's RNG state over it.
+    at::manual_seed(job_.seed + static_cast<uint64_t>(ctx_.rank));
+    if (!job_.load.empty()) load_checkpoint();
     runtime::RolloutReceiver::Options o;
     o.host = ctx_.bind_host;
     receiver_ = std::make_unique<runtime::RolloutReceiver>(ctx_.token, o);
@@ -241,9 +245,19 @@ class TrainRole final : public Role {
     return nlohmann::json{{"weight_version", version_}, {"checksum", checksum()}}.dump();
   }
 
-  // Collective with W > 1: every rank writes its shard file, rank 0 the HF model/.
-  std::string save(const std::string& dir) override {
-    nlohmann::json state = {{"weight_version", version_}};
+  // Collective with W > 1: every rank writes its shard file, rank 0 the HF model/. The
+  // request's state (the rollout engines' cursors, actors/resume_state.hpp) is stored in
+  // trainer_state.json inside the step directory, before `latest` moves.
+  std::string save(const std::string& request) override {
+    SaveRequest req = parse_save_request(request);
+    if (req.iteration >= 0 && req.iteration != static_cast<int64_t>(version_)) {
+      fail("train rank {} holds weight version {}, asked to save iteration {}", ctx_.rank, version_,
+           req.iteration);
+    }
+    nlohmann::json state = req.state;
+    state["weight_version"] = version_;
+    state["rollout_id"] = version_;  // the next rollout to generate and train
+    const std::string& dir = req.dir;
     if (fsdp_) {
       fsdp_->save_checkpoint(dir, static_cast<int64_t>(version_), trainer_->optimizer(), state);
     } else {
@@ -260,6 +274,32 @@ class TrainRole final : public Role {
   std::string onload() override { return move_state(/*to_host=*/false); }
 
  private:
+  // --load: the checkpoint's weights, AdamW moments and step (the LR schedule follows it)
+  // and RNG, on one rank or resharded onto this group; the weight version continues from it.
+  void load_checkpoint() {
+    ResumePoint p = find_resume_point(job_.load, job_.ckpt_step);
+    const auto iteration = std::optional<int64_t>(p.iteration);
+    if (fsdp_) {
+      if (!p.sharded) {
+        fail(
+            "--load {}: {} was written by a single train rank; a group of {} ranks loads "
+            "sharded (FSDP) checkpoints only",
+            job_.load, p.dir.string(), world_);
+      }
+      fsdp_->load_checkpoint(job_.load, trainer_->optimizer(), iteration);
+    } else {
+      if (p.sharded) {
+        fail(
+            "--load {}: {} is sharded over {} FSDP ranks; load it with a train group "
+            "(--actor-num-gpus-per-node)",
+            job_.load, p.dir.string(), p.world_size);
+      }
+      train::load_checkpoint(job_.load, *model_, trainer_->optimizer(), iteration);
+    }
+    version_ = static_cast<uint64_t>(p.iteration);
+    loaded_iteration_ = p.iteration;
+  }
+
   std::string move_state(bool to_host) {
     const at::Device device = role_device(job_);
     nlohmann::json out = {{"rank", ctx_.rank}, {"device", job_.device}};
@@ -280,6 +320,7 @@ class TrainRole final : public Role {
     out["offloaded"] = to_host;
     return out.dump();
   }
+
   // The full weights in HF order as views (kept alive by `keep`) and their CRC-32C. One
   // rank: the model's own tensors. FSDP: gathered in buckets of --update-weight-buffer-size
   // in the model's dtype (every rank takes part); only `keep_tensors` ranks keep them.
@@ -313,12 +354,15 @@ class TrainRole final : public Role {
     return crc;
   }
   std::string info() {
-    return nlohmann::json{{"role", "train"},
-                          {"rank", ctx_.rank},
-                          {"world_size", world_},
-                          {"endpoint", ctx_.bind_host + ":" + std::to_string(receiver_->port())},
-                          {"weight_version", version_},
-                          {"checksum", checksum()}}
+    return nlohmann::json{
+        {"role", "train"},
+        {"rank", ctx_.rank},
+        {"world_size", world_},
+        {"endpoint", ctx_.bind_host + ":" + std::to_string(receiver_->port())},
+        {"weight_version", version_},
+        {"loaded_iteration",
+         loaded_iteration_ >= 0 ? nlohmann::json(loaded_iteration_) : nlohmann::json()},
+        {"checksum", checksum()}}
         .dump();
   }
   RoleContext ctx_;
@@ -331,6 +375,7 @@ class TrainRole final : public Role {
   std::unique_ptr<runtime::RolloutReceiver> receiver_;
   std::map<std::string, std::unique_ptr<runtime::WeightPusher>> pushers_;  // by endpoint
   uint64_t version_ = 0;
+  int64_t loaded_iteration_ = -1;  // --load: the checkpoint's iteration
 };
 
 }  // namespace

@@ -60,6 +60,14 @@ void add_job_flags(CLI::App& cmd, actors::JobOptions& job) {
   cmd.add_option("--save-interval", job.save_interval,
                  "Rollouts between checkpoints (0: only at the end when --save is given)")
       ->capture_default_str();
+  cmd.add_option("--load", job.load,
+                 "Resume from the latest checkpoint in this directory (written by --save)");
+  cmd.add_option("--ckpt-step", job.ckpt_step,
+                 "With --load: the iteration to resume from instead of the latest");
+  cmd.add_option("--seed", job.seed,
+                 "LibTorch RNG seed of the train ranks (a checkpoint keeps "
+                 "the RNG state, so --load continues it)")
+      ->capture_default_str();
   cmd.add_option("--metrics-jsonl", job.metrics_jsonl, "Per-step training metrics (JSONL)");
   cmd.add_flag("--use-tensorboard", job.use_tensorboard,
                "Write TensorBoard event files (under --tensorboard-dir)");
@@ -115,6 +123,9 @@ void parse_into(CLI::App& app, const std::vector<std::string>& args, actors::Job
   // Contradictory settings.
   if (job.save_interval > 0 && job.save.empty()) {
     fail("{}: --save-interval {} needs --save (a checkpoint directory)", where, job.save_interval);
+  }
+  if (job.ckpt_step >= 0 && job.load.empty()) {
+    fail("{}: --ckpt-step {} needs --load (a checkpoint directory)", where, job.ckpt_step);
   }
   if (job.use_tensorboard && job.tensorboard_dir.empty()) {
     fail("{}: --use-tensorboard needs --tensorboard-dir", where);

@@ -1,0 +1,261 @@
+"""Resume of an RL job (issue 9): a GRPO run of 4 rollouts checkpointing every 2 is killed
+(SIGKILL, every process of the job) right after its iteration-2 checkpoint, restarted
+with --load, and must end exactly where the uninterrupted run ends: the metrics of
+rollouts 3-4, the weights pushed to the engines after each of them (CRC-32C) and the final
+weights, AdamW moments and RNG states are bitwise equal (CPU, fp32, fixed seeds, one
+thread). The kill is placed without timing: the job's rewards come from a remote reward
+model served here, which answers the 8 requests of rollouts 1-2 and holds the 9th, the
+first of rollout 3, which is only asked for once the checkpoint is complete.
+
+Bad --load directories (missing, without a checkpoint, of another model shape) fail at
+init with an error naming the path."""
+import json
+import os
+import signal
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from safetensors.numpy import load_file
+
+from test_runtime import ANVIL, ENV, Cluster, Proc, assert_no_processes, run, setup  # noqa: F401
+
+GROUP = 2 * 2  # --rollout-batch-size 2 x --n-samples-per-prompt 2: reward requests per rollout
+
+
+class RewardServer:
+    """A remote reward model (--rm-type remote_rm): the reward of a response is a function
+    of its text alone. With `hold_after` N, request N + 1 and later ones are held (never
+    answered) until close(); `held` is set when the first one arrives."""
+
+    def __init__(self, hold_after=None):
+        self.count = 0
+        self.lock = threading.Lock()
+        self.held = threading.Event()
+        self.release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.count += 1
+                    n = server.count
+                if hold_after is not None and n > hold_after:
+                    server.held.set()
+                    server.release.wait(120)
+                    return
+                text = body["response"]
+                reward = (sum(map(ord, text)) % 7) / 6.0  # varied, so advantages are not 0
+                data = json.dumps(reward).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/reward"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def grpo(model, data, url, save, metrics, *extra):
+    return ["--model", model, "--prompt-data", data, "--input-key", "prompt",
+            "--label-key", "label", "--rollout-batch-size", "2", "--n-samples-per-prompt", "2",
+            "--rollout-max-response-len", "4", "--global-batch-size", "4", "--lr", "1e-2",
+            "--lr-decay-style", "cosine", "--lr-warmup-iters", "1", "--weight-decay", "0.1",
+            "--rollout-sampling-seed", "5", "--rollout-shuffle", "--rollout-seed", "11",
+            "--use-kl-loss", "--kl-loss-coef", "0.01", "--rm-type", "remote_rm",
+            "--rm-url", url, "--num-rollout", "4", "--save", str(save), "--save-interval", "2",
+            "--metrics-jsonl", str(metrics), *extra]
+
+
+TIMING = ("seconds", "time/", "perf/", "timestamp", "wall")
+
+
+def metric_lines(path):
+    """The metrics file without timing fields, which no two runs share."""
+    out = []
+    for line in open(path):
+        m = json.loads(line)
+        out.append({k: v for k, v in m.items() if not any(t in k for t in TIMING)})
+    return out
+
+
+def checkpoint(save, iteration):
+    d = os.path.join(save, f"iter_{iteration:07d}")
+    return (load_file(os.path.join(d, "model", "model.safetensors")),
+            load_file(os.path.join(d, "optimizer.safetensors")),
+            json.load(open(os.path.join(d, "trainer_state.json"))))
+
+
+def assert_bitwise(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert a[k].tobytes() == b[k].tobytes(), f"tensor {k} differs"
+
+
+def sync_checksums(report):
+    return [(r["sync"]["weight_version"], r["sync"]["checksum"]) for r in report["rollouts"]]
+
+
+def start_head_in_process(flags, report):
+    return subprocess.Popen([ANVIL, "head", "--in-process", "--report", str(report), *flags],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=ENV, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def straight(setup):
+    """The uninterrupted run (in-process): its checkpoints, metrics and report."""
+    d, model, data = setup
+    rm = RewardServer()
+    try:
+        out = d / "straight"
+        out.mkdir()
+        p = run("head", "--in-process", "--report", str(out / "report.json"),
+                *grpo(model, data, rm.url, out / "ckpt", out / "metrics.jsonl"), check=False)
+        assert p.returncode == 0, p.stderr
+    finally:
+        rm.close()
+    report = json.load(open(out / "report.json"))
+    assert report["ok"] and len(report["rollouts"]) == 4, report
+    assert [c["iteration"] for c in report["checkpoints"]] == [2, 4]
+    return out, report
+
+
+def check_resumed(straight_run, run_dir, resumed_report):
+    out, report = straight_run
+    # Rollouts 3-4 (ids 2, 3) ran after the restart and pushed the same weights.
+    assert [r["rollout"] for r in resumed_report["rollouts"]] == [2, 3]
+    assert sync_checksums(resumed_report) == sync_checksums(report)[2:]
+    # Metrics: rollouts 1-2 from before the kill, 3-4 after it, equal to the straight run's.
+    a, b = metric_lines(out / "metrics.jsonl"), metric_lines(run_dir / "metrics.jsonl")
+    assert [m["rollout"] for m in b] == [0, 1, 2, 3]
+    assert a == b
+    # Final checkpoint: weights, AdamW moments + RNG states, trainer state (rollout cursors).
+    wa, oa, sa = checkpoint(out / "ckpt", 4)
+    wb, ob, sb = checkpoint(run_dir / "ckpt", 4)
+    assert_bitwise(wa, wb)
+    assert_bitwise(oa, ob)
+    assert sa == sb
+    engines = sb["state"]["rollout_engines"]
+    assert [e["prompt_index"] for e in engines] == [8]  # 4 rollouts x 2 prompts
+
+
+def kill_after_checkpoint(rm, run_dir, proc_alive):
+    """Waits until rollout 3 asks for its first reward (the iteration-2 checkpoint is then
+    complete), checks that checkpoint, then lets the caller kill the job."""
+    while not rm.held.wait(0.5):
+        assert proc_alive(), "the job ended before rollout 3 started"
+    latest = open(run_dir / "ckpt" / "latest_checkpointed_iteration.txt").read().strip()
+    assert latest == "2"
+    assert not os.path.exists(run_dir / "ckpt" / "iter_0000004")
+
+
+def test_in_process_killed_run_resumes_bitwise(setup, straight):
+    d, model, data = setup
+    run_dir = d / "killed-in-process"
+    run_dir.mkdir()
+    flags = grpo(model, data, "", run_dir / "ckpt", run_dir / "metrics.jsonl")
+    rm = RewardServer(hold_after=2 * GROUP)
+    flags[flags.index("--rm-url") + 1] = rm.url
+    p = start_head_in_process(flags, run_dir / "report-1.json")
+    try:
+        kill_after_checkpoint(rm, run_dir, lambda: p.poll() is None)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(30)
+        assert p.returncode == -signal.SIGKILL
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        rm.close()
+    rm = RewardServer()
+    flags[flags.index("--rm-url") + 1] = rm.url
+    try:
+        r = run("head", "--in-process", "--report", str(run_dir / "report-2.json"),
+                *flags, "--load", str(run_dir / "ckpt"), check=False)
+        assert r.returncode == 0, r.stderr
+        assert "resuming at rollout 2" in r.stderr
+    finally:
+        rm.close()
+    check_resumed(straight, run_dir, json.load(open(run_dir / "report-2.json")))
+
+
+def test_cluster_killed_run_resumes_bitwise(setup, straight):
+    """Head + two workers + a role process each: every process of the job is SIGKILLed."""
+    d, model, data = setup
+    rm = RewardServer(hold_after=2 * GROUP)
+    base = d / "killed-cluster"
+    base.mkdir()
+    flags = grpo(model, data, rm.url, base / "ckpt", base / "metrics.jsonl")
+    c = Cluster(base, "run1", flags)
+    try:
+        kill_after_checkpoint(rm, base, lambda: c.head.p.poll() is None)
+        c.close()  # SIGKILL: head, workers, every role process
+        assert_no_processes(c.token)
+    finally:
+        c.close()
+        rm.close()
+    rm = RewardServer()
+    flags[flags.index("--rm-url") + 1] = rm.url
+    c = Cluster(base, "run2", [*flags, "--load", str(base / "ckpt")])
+    try:
+        assert c.head.wait(300) == 0, c.head.text()
+        for w in c.workers:
+            assert w.wait(30) == 0, w.text()
+        assert "resuming at rollout 2" in c.head.text()
+        assert_no_processes(c.token)
+    finally:
+        c.close()
+        rm.close()
+    check_resumed(straight, base, json.load(open(c.report)))
+
+
+def failed_init(d, name, flags):
+    report = d / f"{name}.json"
+    r = run("head", "--in-process", "--report", str(report), *flags, check=False)
+    assert r.returncode == 1, r.stderr
+    return json.load(open(report))["error"]
+
+
+def test_bad_load_directories_are_named(setup, straight):
+    d, model, data = setup
+    out, _ = straight
+    flags = grpo(model, data, "http://127.0.0.1:9/reward", d / "bad-save", d / "bad.jsonl")
+
+    missing = d / "no-such-dir"
+    err = failed_init(d, "missing", [*flags, "--load", str(missing)])
+    assert f"--load {missing}: no such checkpoint directory" in err
+
+    empty = d / "empty-ckpt"
+    empty.mkdir()
+    err = failed_init(d, "empty", [*flags, "--load", str(empty)])
+    assert str(empty / "latest_checkpointed_iteration.txt") in err and "is missing" in err
+
+    err = failed_init(d, "step", [*flags, "--load", str(out / "ckpt"), "--ckpt-step", "3"])
+    assert str(out / "ckpt" / "iter_0000003") in err and "is missing" in err
+
+    # The straight run's checkpoint under a model of another shape.
+    other = d / "other-model"
+    run("init-model", "--arch", "qwen3", "--preset", "tiny", "--out", str(other), "--seed", "3",
+        "--override", '{"intermediate_size": 128}')
+    oflags = list(flags)
+    oflags[oflags.index("--model") + 1] = str(other)
+    err = failed_init(d, "shape", [*oflags, "--load", str(out / "ckpt")])
+    assert str(out / "ckpt" / "iter_0000004") in err and "mlp" in err, err
+
+    r = run("head", "--in-process", *flags, "--ckpt-step", "2", check=False)
+    assert r.returncode == 1 and "--ckpt-step 2 needs --load" in r.stderr
