@@ -1,7 +1,7 @@
 // Generation throughput of the rollout engine: BATCH random prompts of PROMPT_LEN tokens,
 // NEW_TOKENS greedy tokens each (EOS ignored), submitted together; output tokens/s over
 // the whole generate() (prefill included), median of ITERS runs after one warm-up.
-// Prints JSON; driven by generate_throughput.py.
+// Prints JSON; driven by generate_throughput.py. DEVICE (cpu by default) may be cuda.
 #include "backends/models/decoder.hpp"
 #include "backends/models/dtype.hpp"
 #include "rollout/engine/engine.hpp"
@@ -15,8 +15,9 @@
 #include <random>
 
 int main(int argc, char** argv) {
-  if (argc != 8) {
-    std::fprintf(stderr, "usage: %s MODEL_DIR BATCH PROMPT_LEN NEW_TOKENS ITERS THREADS DTYPE\n",
+  if (argc != 8 && argc != 9) {
+    std::fprintf(stderr,
+                 "usage: %s MODEL_DIR BATCH PROMPT_LEN NEW_TOKENS ITERS THREADS DTYPE [DEVICE]\n",
                  argv[0]);
     return 2;
   }
@@ -26,7 +27,8 @@ int main(int argc, char** argv) {
   const int iters = std::stoi(argv[5]);
   at::set_num_threads(std::stoi(argv[6]));
   std::shared_ptr<anvil::models::DecoderModel> model = anvil::models::DecoderModel::from_pretrained(
-      dir, anvil::models::parse_dtype_name(argv[7]), at::kCPU);
+      dir, anvil::models::parse_dtype_name(argv[7]),
+      argc == 9 ? at::Device(std::string(argv[8])) : at::Device(at::kCPU));
   anvil::engine::EngineOptions o;
   o.background = false;
   o.kv_cache_tokens = batch * (prompt_len + new_tokens + 16);
