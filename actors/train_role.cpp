@@ -141,8 +141,9 @@ class TrainRole final : public Role {
       o.dp_rank = ctx_.rank;
       trainer_ = std::make_unique<train::Trainer>(fsdp_->model(), o, fsdp_->trainer_hooks());
     }
-    // --seed (rank-offset), then --load restores the checkpoint's RNG state over it.
-    at::manual_seed(job_.seed + static_cast<uint64_t>(ctx_.rank));
+    // --seed (the same on every rank, as Megatron's data-parallel ranks), then --load
+    // restores the checkpoint's RNG state over it.
+    at::manual_seed(job_.seed);
     if (!job_.load.empty()) load_checkpoint();
     runtime::RolloutReceiver::Options o;
     o.host = ctx_.bind_host;

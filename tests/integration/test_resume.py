@@ -93,10 +93,16 @@ def metric_lines(path):
 
 
 def checkpoint(save, iteration):
+    """Every tensor file of a step directory (model/, optimizer.safetensors or the FSDP
+    ranks' shards) by relative path, and trainer_state.json."""
     d = os.path.join(save, f"iter_{iteration:07d}")
-    return (load_file(os.path.join(d, "model", "model.safetensors")),
-            load_file(os.path.join(d, "optimizer.safetensors")),
-            json.load(open(os.path.join(d, "trainer_state.json"))))
+    tensors = {}
+    for root, _, files in os.walk(d):
+        for f in files:
+            if f.endswith(".safetensors"):
+                path = os.path.join(root, f)
+                tensors[os.path.relpath(path, d)] = load_file(path)
+    return tensors, json.load(open(os.path.join(d, "trainer_state.json")))
 
 
 def assert_bitwise(a, b):
@@ -116,16 +122,14 @@ def start_head_in_process(flags, report):
                             env=ENV, start_new_session=True)
 
 
-@pytest.fixture(scope="module")
-def straight(setup):
+def straight_run(out, model, data, *extra):
     """The uninterrupted run (in-process): its checkpoints, metrics and report."""
-    d, model, data = setup
     rm = RewardServer()
     try:
-        out = d / "straight"
         out.mkdir()
         p = run("head", "--in-process", "--report", str(out / "report.json"),
-                *grpo(model, data, rm.url, out / "ckpt", out / "metrics.jsonl"), check=False)
+                *grpo(model, data, rm.url, out / "ckpt", out / "metrics.jsonl", *extra),
+                check=False)
         assert p.returncode == 0, p.stderr
     finally:
         rm.close()
@@ -135,20 +139,27 @@ def straight(setup):
     return out, report
 
 
-def check_resumed(straight_run, run_dir, resumed_report):
-    out, report = straight_run
+@pytest.fixture(scope="module")
+def straight(setup):
+    d, model, data = setup
+    return straight_run(d / "straight", model, data)
+
+
+def check_resumed(reference, run_dir, resumed_report):
+    out, report = reference
     # Rollouts 3-4 (ids 2, 3) ran after the restart and pushed the same weights.
     assert [r["rollout"] for r in resumed_report["rollouts"]] == [2, 3]
     assert sync_checksums(resumed_report) == sync_checksums(report)[2:]
     # Metrics: rollouts 1-2 from before the kill, 3-4 after it, equal to the straight run's.
     a, b = metric_lines(out / "metrics.jsonl"), metric_lines(run_dir / "metrics.jsonl")
-    assert [m["rollout"] for m in b] == [0, 1, 2, 3]
+    assert sorted({m["rollout"] for m in b}) == [0, 1, 2, 3]  # a line per step (and rank)
     assert a == b
     # Final checkpoint: weights, AdamW moments + RNG states, trainer state (rollout cursors).
-    wa, oa, sa = checkpoint(out / "ckpt", 4)
-    wb, ob, sb = checkpoint(run_dir / "ckpt", 4)
-    assert_bitwise(wa, wb)
-    assert_bitwise(oa, ob)
+    ta, sa = checkpoint(out / "ckpt", 4)
+    tb, sb = checkpoint(run_dir / "ckpt", 4)
+    assert ta.keys() == tb.keys() and "model/model.safetensors" in ta
+    for f in ta:
+        assert_bitwise(ta[f], tb[f])
     assert sa == sb
     engines = sb["state"]["rollout_engines"]
     assert [e["prompt_index"] for e in engines] == [8]  # 4 rollouts x 2 prompts
@@ -164,11 +175,9 @@ def kill_after_checkpoint(rm, run_dir, proc_alive):
     assert not os.path.exists(run_dir / "ckpt" / "iter_0000004")
 
 
-def test_in_process_killed_run_resumes_bitwise(setup, straight):
-    d, model, data = setup
-    run_dir = d / "killed-in-process"
+def kill_and_resume_in_process(run_dir, model, data, *extra):
     run_dir.mkdir()
-    flags = grpo(model, data, "", run_dir / "ckpt", run_dir / "metrics.jsonl")
+    flags = grpo(model, data, "", run_dir / "ckpt", run_dir / "metrics.jsonl", *extra)
     rm = RewardServer(hold_after=2 * GROUP)
     flags[flags.index("--rm-url") + 1] = rm.url
     p = start_head_in_process(flags, run_dir / "report-1.json")
@@ -191,7 +200,33 @@ def test_in_process_killed_run_resumes_bitwise(setup, straight):
         assert "resuming at rollout 2" in r.stderr
     finally:
         rm.close()
-    check_resumed(straight, run_dir, json.load(open(run_dir / "report-2.json")))
+    return json.load(open(run_dir / "report-2.json"))
+
+
+def test_in_process_killed_run_resumes_bitwise(setup, straight):
+    d, model, data = setup
+    run_dir = d / "killed-in-process"
+    check_resumed(straight, run_dir, kill_and_resume_in_process(run_dir, model, data))
+
+
+def test_fsdp_group_of_two_killed_and_resumed_bitwise(setup, straight):
+    """A train group of two FSDP ranks: each rank's shards, AdamW moments and RNG come back
+    from its shard file."""
+    d, model, data = setup
+    two = ("--actor-num-gpus-per-node", "2")
+    straight2 = straight_run(d / "straight-fsdp", model, data, *two)
+    run_dir = d / "killed-fsdp"
+    report = kill_and_resume_in_process(run_dir, model, data, *two)
+    check_resumed(straight2, run_dir, report)
+    shards = sorted(os.listdir(run_dir / "ckpt" / "iter_0000004" / "fsdp"))
+    assert shards == ["rank_0-of-2.safetensors", "rank_1-of-2.safetensors"]
+    # A sharded checkpoint needs a group, a single-rank one a single rank.
+    flags = grpo(model, data, "http://127.0.0.1:9/reward", d / "fsdp-bad", d / "fsdp-bad.jsonl")
+    err = failed_init(d, "fsdp-to-one", [*flags, "--load", str(run_dir / "ckpt")])
+    assert str(run_dir / "ckpt" / "iter_0000004") in err and "sharded over 2 FSDP ranks" in err
+    err = failed_init(d, "one-to-fsdp",
+                      [*flags, *two, "--load", str(straight[0] / "ckpt")])
+    assert "written by a single train rank" in err, err
 
 
 def test_cluster_killed_run_resumes_bitwise(setup, straight):
