@@ -5,12 +5,16 @@
 #   1. anvil make-task arithmetic   train / held-out problems ("67+3=" -> "70") from a seed
 #   2. anvil init-model             a random tiny Qwen3 (its tokenizer splits digits)
 #   3. anvil sft                    a short supervised warm start, stopped part-trained
-#   4. anvil head --in-process      GRPO (examples/arithmetic_grpo.yaml), reward exact_match
+#   4. anvil head                   GRPO (examples/arithmetic_grpo.yaml), reward exact_match:
+#                                   ANVIL_DEMO_MODE=sync runs every role on threads of one
+#                                   process (--in-process); processes runs anvil head plus one
+#                                   local anvil worker whose roles are processes of their own
 #   5. anvil eval                   after each phase: greedy accuracy, and sampled (T=1)
 #                                   accuracy / pass@k over several samples per problem
 # Environment (defaults in brackets): ANVIL_DEMO_SEED [0], ANVIL_DEMO_DIR [runs/demo],
 # ANVIL_DEMO_TRAIN [800], ANVIL_DEMO_EVAL [200], ANVIL_DEMO_SFT_STEPS [400],
 # ANVIL_DEMO_ROLLOUTS [100], ANVIL_DEMO_EVAL_SAMPLES [4], ANVIL_DEMO_THREADS [1],
+# ANVIL_DEMO_MODE [sync] (sync | processes),
 # ANVIL_BIN (skip set-up and build, use this anvil binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +32,7 @@ EVAL=${ANVIL_DEMO_EVAL:-200}
 SFT_STEPS=${ANVIL_DEMO_SFT_STEPS:-400}
 ROLLOUTS=${ANVIL_DEMO_ROLLOUTS:-100}
 EVAL_N=${ANVIL_DEMO_EVAL_SAMPLES:-4}
+MODE=${ANVIL_DEMO_MODE:-sync}
 export OMP_NUM_THREADS=${ANVIL_DEMO_THREADS:-1}
 export ANVIL_LOG_LEVEL=${ANVIL_LOG_LEVEL:-warn}
 rm -rf "$RUN"
@@ -62,11 +67,34 @@ echo "== SFT warm start: $SFT_STEPS steps of 32 problems (stopped part-trained)"
   --save-hf "$RUN/sft" --metrics-jsonl "$RUN/sft_metrics.jsonl"
 evaluate sft "$RUN/sft"
 
-echo "== GRPO from the SFT model: $ROLLOUTS rollouts of 32 prompts x 8 samples (examples/arithmetic_grpo.yaml)"
-"$A" head --in-process --config examples/arithmetic_grpo.yaml --model "$RUN/sft" \
-  --prompt-data "$RUN/task/train.jsonl" --rollout-seed "$SEED" --rollout-sampling-seed "$SEED" \
-  --num-rollout "$ROLLOUTS" --save "$RUN/grpo_ckpt" --save-interval "$ROLLOUTS" \
-  --metrics-jsonl "$RUN/grpo_metrics.jsonl" --report "$RUN/grpo_report.json"
+echo "== GRPO from the SFT model ($MODE): $ROLLOUTS rollouts of 32 prompts x 8 samples (examples/arithmetic_grpo.yaml)"
+GRPO=(--config examples/arithmetic_grpo.yaml --model "$RUN/sft"
+  --prompt-data "$RUN/task/train.jsonl" --rollout-seed "$SEED" --rollout-sampling-seed "$SEED"
+  --num-rollout "$ROLLOUTS" --save "$RUN/grpo_ckpt" --save-interval "$ROLLOUTS"
+  --metrics-jsonl "$RUN/grpo_metrics.jsonl" --report "$RUN/grpo_report.json")
+case $MODE in
+  sync) "$A" head --in-process "${GRPO[@]}" ;;
+  processes)
+    # The head listens on a free local port; one worker offers two CPU slots (train rank,
+    # rollout engine) and runs every role as an `anvil actor` process of its own.
+    "$A" head --listen 127.0.0.1:0 --workers 1 --token-file "$RUN/job.token" \
+      --port-file "$RUN/head.port" "${GRPO[@]}" &
+    head_pid=$!
+    for _ in $(seq 600); do
+      [ -s "$RUN/head.port" ] || ! kill -0 "$head_pid" 2>/dev/null && break
+      sleep 0.1
+    done
+    [ -s "$RUN/head.port" ] || { wait "$head_pid" || true; echo "demo: the head did not start" >&2; exit 1; }
+    "$A" worker --head "127.0.0.1:$(cat "$RUN/head.port")" --token-file "$RUN/job.token" \
+      --node-id demo --devices 2 --log-dir "$RUN/worker_logs" &
+    worker_pid=$!
+    status=0
+    wait "$head_pid" || status=$?
+    wait "$worker_pid" || true
+    [ "$status" -eq 0 ] || { echo "demo: anvil head failed ($status); role logs in $RUN/worker_logs" >&2; exit "$status"; }
+    ;;
+  *) echo "demo: ANVIL_DEMO_MODE must be sync or processes, got '$MODE'" >&2; exit 2 ;;
+esac
 # The checkpoint's model/ holds config and weights; add the tokenizer files for a complete
 # HuggingFace directory.
 ITER=$(cat "$RUN/grpo_ckpt/latest_checkpointed_iteration.txt")

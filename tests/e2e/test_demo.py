@@ -1,5 +1,6 @@
 """scripts/demo.sh end to end at small sizes (the pipeline, not its accuracy): make-task,
-init-model, SFT, GRPO through `anvil head --in-process`, and `anvil eval` after each phase.
+init-model, SFT, GRPO through `anvil head` (in one process, and as head + a local worker whose
+roles are processes), and `anvil eval` after each phase.
 Checks the printed held-out accuracy lines, the eval JSON, the GRPO report, and that each
 phase really changed the weights and left a complete HuggingFace directory."""
 import json
@@ -8,15 +9,18 @@ import re
 import subprocess
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANVIL = os.environ.get("ANVIL_BIN", "anvil")
 
 
-def test_demo_pipeline(tmp_path):
+@pytest.mark.parametrize("mode", ["sync", "processes"])
+def test_demo_pipeline(tmp_path, mode):
     run = tmp_path / "demo"
     env = {**os.environ, "ANVIL_BIN": ANVIL, "ANVIL_DEMO_DIR": str(run), "ANVIL_DEMO_SEED": "1",
+           "ANVIL_DEMO_MODE": mode,
            "ANVIL_DEMO_TRAIN": "64", "ANVIL_DEMO_EVAL": "12", "ANVIL_DEMO_SFT_STEPS": "60",
            "ANVIL_DEMO_ROLLOUTS": "2", "ANVIL_DEMO_EVAL_SAMPLES": "2"}
     p = subprocess.run([os.path.join(ROOT, "scripts", "demo.sh")], capture_output=True,
@@ -38,6 +42,9 @@ def test_demo_pipeline(tmp_path):
 
     report = json.load(open(run / "grpo_report.json"))
     assert report["ok"] and len(report["rollouts"]) == 2
+    # processes: the roles ran under the demo's local worker, not in the head
+    nodes = {p["node_id"] for p in report["placement"]}
+    assert nodes == ({"in-process"} if mode == "sync" else {"demo"}), report["placement"]
     for r in report["rollouts"]:
         assert sum(g["samples"] for g in r["generate"]) == 32 * 8
         # 60 SFT steps leave the model answering some problems, so the groups' rewards differ
