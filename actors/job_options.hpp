@@ -57,6 +57,7 @@ struct JobOptions {
   // ranks (slime's default; a checkpoint keeps the RNG state).
   std::string load;
   int64_t ckpt_step = -1;
+  bool finetune = false;  // --finetune: --load's weights only (Megatron's flag), rollout 0
   uint64_t seed = 1234;
 
   // The reference model is needed for the KL loss or KL reward shaping.

@@ -73,6 +73,14 @@ ResumePoint find_resume_point(const std::string& load, int64_t ckpt_step) {
   return p;
 }
 
+fs::path checkpoint_model_dir(const ResumePoint& point) {
+  const fs::path model = point.dir / "model";
+  if (!fs::exists(model / "config.json")) {
+    fail("{}: incomplete checkpoint, model/config.json is missing", point.dir.string());
+  }
+  return model;
+}
+
 std::string save_request_text(const SaveRequest& request) {
   return nlohmann::json{
       {"dir", request.dir}, {"iteration", request.iteration}, {"state", request.state}}
@@ -109,7 +117,7 @@ nlohmann::json rollout_engine_state(const ResumePoint& point, int rank, int64_t 
   if (!all.is_array() || all.empty()) {
     fail(
         "{}: no rollout state (state.rollout_engines): not a checkpoint of an RL job, so "
-        "--load cannot resume its rollouts",
+        "--load cannot resume its rollouts (--finetune starts from its weights instead)",
         where);
   }
   if (static_cast<int64_t>(all.size()) != engines) {

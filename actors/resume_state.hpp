@@ -44,6 +44,10 @@ struct ResumePoint {
 // trainer_state.json is malformed.
 ResumePoint find_resume_point(const std::string& load, int64_t ckpt_step);
 
+// The checkpoint's HF model directory (its model/, which every checkpoint has: the weights
+// in the model's dtype). Throws anvil::Error naming it when config.json is missing.
+std::filesystem::path checkpoint_model_dir(const ResumePoint& point);
+
 // The argument of a save request: a plain directory (what older heads send), or
 // {"dir", "iteration", "state"} (the iteration the checkpoint will be, the state to store).
 struct SaveRequest {

@@ -127,15 +127,15 @@ class RolloutRole final : public Role {
     if (job_.rollout.n_samples_per_prompt < 1) fail("--n-samples-per-prompt must be >= 1");
     if (!job_.reward.rm_type.empty()) job_.reward.validate();
     // --load: the checkpoint's weights (its HF model/, in the model's dtype: what a weight
-    // push of that version carries), data cursor and prompt index.
+    // push of that version carries), data cursor and prompt index; --finetune: its weights only.
     std::optional<ResumePoint> resume;
     if (!job_.load.empty()) resume = find_resume_point(job_.load, job_.ckpt_step);
     JobOptions model_job = job_;
-    if (resume) model_job.model = (resume->dir / "model").string();
+    if (resume) model_job.model = checkpoint_model_dir(*resume).string();
     model_ = std::shared_ptr<models::DecoderModel>(load_model(model_job));
     chat_ = std::make_unique<data::ChatTokenizer>(data::ChatTokenizer::from_model_dir(job_.model));
     source_ = std::make_unique<data::PromptSource>(job_.data);
-    if (resume) {
+    if (resume && !job_.finetune) {
       nlohmann::json st = rollout_engine_state(*resume, ctx_.rank, engines());
       const std::string where = (resume->dir / "trainer_state.json").string();
       source_->restore(data::DataCursor::from_json(st["data_cursor"], where));

@@ -108,8 +108,13 @@ class TrainRole final : public Role {
     if (ctx_.rank < 0 || ctx_.rank >= world_) {
       fail("train rank {} outside the group of {} ranks", ctx_.rank, world_);
     }
+    // --load --finetune: the checkpoint's weights (its HF model/) are the start point.
+    JobOptions model_job = job_;
+    if (!job_.load.empty() && job_.finetune) {
+      model_job.model = checkpoint_model_dir(find_resume_point(job_.load, job_.ckpt_step)).string();
+    }
     if (world_ == 1) {
-      model_ = load_model(job_);
+      model_ = load_model(model_job);
       trainer_ = std::make_unique<train::Trainer>(*model_, job_.train);
     } else {
       if (job_.train_backend != "fsdp") {
@@ -134,7 +139,7 @@ class TrainRole final : public Role {
       fsdp::FsdpOptions fo;
       fo.reshard_after_forward = job_.reshard_after_forward;
       fo.cpu_offload = job_.fsdp_cpu_offload;
-      fsdp_ = std::make_unique<fsdp::FsdpModel>(comm_, job_.model,
+      fsdp_ = std::make_unique<fsdp::FsdpModel>(comm_, model_job.model,
                                                 models::parse_dtype_name(job_.dtype), device, fo);
       train::TrainerOptions o = job_.train;
       o.schedule.dp_size = world_;
@@ -144,7 +149,7 @@ class TrainRole final : public Role {
     // --seed (the same on every rank, as Megatron's data-parallel ranks), then --load
     // restores the checkpoint's RNG state over it.
     at::manual_seed(job_.seed);
-    if (!job_.load.empty()) load_checkpoint();
+    if (!job_.load.empty() && !job_.finetune) load_checkpoint();
     runtime::RolloutReceiver::Options o;
     o.host = ctx_.bind_host;
     receiver_ = std::make_unique<runtime::RolloutReceiver>(ctx_.token, o);

@@ -64,6 +64,9 @@ void add_job_flags(CLI::App& cmd, actors::JobOptions& job) {
                  "Resume from the latest checkpoint in this directory (written by --save)");
   cmd.add_option("--ckpt-step", job.ckpt_step,
                  "With --load: the iteration to resume from instead of the latest");
+  cmd.add_flag("--finetune", job.finetune,
+               "With --load: start from the checkpoint's weights only (a fresh optimizer, RNG, "
+               "data order and rollout 0), e.g. RL from an SFT checkpoint");
   cmd.add_option("--seed", job.seed,
                  "LibTorch RNG seed of the train ranks (a checkpoint keeps "
                  "the RNG state, so --load continues it)")
@@ -123,6 +126,9 @@ void parse_into(CLI::App& app, const std::vector<std::string>& args, actors::Job
   // Contradictory settings.
   if (job.save_interval > 0 && job.save.empty()) {
     fail("{}: --save-interval {} needs --save (a checkpoint directory)", where, job.save_interval);
+  }
+  if (job.finetune && job.load.empty()) {
+    fail("{}: --finetune needs --load (the checkpoint whose weights to start from)", where);
   }
   if (job.ckpt_step >= 0 && job.load.empty()) {
     fail("{}: --ckpt-step {} needs --load (a checkpoint directory)", where, job.ckpt_step);

@@ -294,3 +294,40 @@ def test_bad_load_directories_are_named(setup, straight):
 
     r = run("head", "--in-process", *flags, "--ckpt-step", "2", check=False)
     assert r.returncode == 1 and "--ckpt-step 2 needs --load" in r.stderr
+
+
+def test_finetune_starts_from_the_checkpoint_weights(setup, straight):
+    """--load DIR --finetune: the checkpoint's weights are the start point (e.g. RL after
+    SFT): rollout 0, weight version 0, a fresh optimizer. With --lr 0 the first push carries
+    exactly the loaded weights: the straight run's version 2."""
+    d, model, data = setup
+    out, report = straight
+    rm = RewardServer()
+    try:
+        flags = grpo(model, data, rm.url, d / "finetune", d / "finetune.jsonl")
+        flags[flags.index("--num-rollout") + 1] = "1"
+        flags[flags.index("--lr") + 1] = "0"
+        r = run("head", "--in-process", "--report", str(d / "finetune.json"), *flags,
+                "--load", str(out / "ckpt"), "--ckpt-step", "2", "--finetune", check=False)
+        assert r.returncode == 0, r.stderr
+    finally:
+        rm.close()
+    ft = json.load(open(d / "finetune.json"))
+    assert [x["rollout"] for x in ft["rollouts"]] == [0]
+    assert all(g["weight_version"] == 0 for g in ft["rollouts"][0]["generate"])
+    assert sync_checksums(ft) == [(1, report["rollouts"][1]["sync"]["checksum"])]
+    # Without --finetune, an SFT checkpoint (no rollout state) is refused with the hint.
+    sft = d / "sft-like"
+    (sft / "iter_0000003").mkdir(parents=True)
+    import shutil
+    shutil.copytree(out / "ckpt" / "iter_0000002" / "model", sft / "iter_0000003" / "model")
+    shutil.copy(out / "ckpt" / "iter_0000002" / "optimizer.safetensors", sft / "iter_0000003")
+    st = json.load(open(out / "ckpt" / "iter_0000002" / "trainer_state.json"))
+    st["iteration"] = 3
+    st["state"] = {"data_cursor": {}, "tokens_seen": 10}
+    json.dump(st, open(sft / "iter_0000003" / "trainer_state.json", "w"))
+    open(sft / "latest_checkpointed_iteration.txt", "w").write("3\n")
+    err = failed_init(d, "sft-like", [*flags, "--load", str(sft)])
+    assert "not a checkpoint of an RL job" in err and "--finetune" in err, err
+    r = run("head", "--in-process", *flags, "--finetune", check=False)
+    assert r.returncode == 1 and "--finetune needs --load" in r.stderr
