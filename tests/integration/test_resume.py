@@ -11,6 +11,7 @@ Bad --load directories (missing, without a checkpoint, of another model shape) f
 init with an error naming the path."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -19,7 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from safetensors.numpy import load_file
 
-from test_runtime import ANVIL, ENV, Cluster, Proc, assert_no_processes, run, setup  # noqa: F401
+from test_runtime import (ANVIL, ENV, Cluster, assert_no_processes, job_processes,  # noqa: F401
+                          run, setup)
 
 GROUP = 2 * 2  # --rollout-batch-size 2 x --n-samples-per-prompt 2: reward requests per rollout
 
@@ -165,6 +167,13 @@ def check_resumed(reference, run_dir, resumed_report):
     assert [e["prompt_index"] for e in engines] == [8]  # 4 rollouts x 2 prompts
 
 
+def remove_shared_memory(pids):
+    """The weight-sync segments (/dev/shm/anvil-PID-*) a SIGKILLed process leaves behind."""
+    for name in os.listdir("/dev/shm"):
+        if any(name.startswith(f"anvil-{pid}-") for pid in pids):
+            os.unlink(os.path.join("/dev/shm", name))
+
+
 def kill_after_checkpoint(rm, run_dir, proc_alive):
     """Waits until rollout 3 asks for its first reward (the iteration-2 checkpoint is then
     complete), checks that checkpoint, then lets the caller kill the job."""
@@ -191,6 +200,7 @@ def kill_and_resume_in_process(run_dir, model, data, *extra):
             os.killpg(p.pid, signal.SIGKILL)
         p.wait()
         rm.close()
+        remove_shared_memory([p.pid])
     rm = RewardServer()
     flags[flags.index("--rm-url") + 1] = rm.url
     try:
@@ -237,13 +247,16 @@ def test_cluster_killed_run_resumes_bitwise(setup, straight):
     base.mkdir()
     flags = grpo(model, data, rm.url, base / "ckpt", base / "metrics.jsonl")
     c = Cluster(base, "run1", flags)
+    pids = []
     try:
         kill_after_checkpoint(rm, base, lambda: c.head.p.poll() is None)
+        pids = job_processes(c.token)
         c.close()  # SIGKILL: head, workers, every role process
         assert_no_processes(c.token)
     finally:
         c.close()
         rm.close()
+    remove_shared_memory(pids)
     rm = RewardServer()
     flags[flags.index("--rm-url") + 1] = rm.url
     c = Cluster(base, "run2", [*flags, "--load", str(base / "ckpt")])
@@ -319,7 +332,6 @@ def test_finetune_starts_from_the_checkpoint_weights(setup, straight):
     # Without --finetune, an SFT checkpoint (no rollout state) is refused with the hint.
     sft = d / "sft-like"
     (sft / "iter_0000003").mkdir(parents=True)
-    import shutil
     shutil.copytree(out / "ckpt" / "iter_0000002" / "model", sft / "iter_0000003" / "model")
     shutil.copy(out / "ckpt" / "iter_0000002" / "optimizer.safetensors", sft / "iter_0000003")
     st = json.load(open(out / "ckpt" / "iter_0000002" / "trainer_state.json"))
