@@ -20,6 +20,15 @@ struct RolloutOptions {
   double top_p = 1.0;                // --rollout-top-p
   int64_t top_k = 0;                 // --rollout-top-k (0 = off)
   uint64_t sampling_seed = 0;        // --rollout-sampling-seed
+  // Dynamic sampling (slime): rounds of --over-sampling-batch-size prompts (0: the rollout
+  // batch) until --rollout-batch-size groups pass the filter; the one filter is
+  // check_reward_nonzero_std (slime's full Python path is accepted too).
+  int64_t over_sampling_batch_size = 0;  // --over-sampling-batch-size
+  std::string dynamic_sampling_filter;   // --dynamic-sampling-filter-path
+  // Path templates with {rollout_id} (and {engine} when there are several engines): each
+  // engine writes the samples it sends (JSONL), or reads them instead of generating.
+  std::string save_debug_rollout_data;  // --save-debug-rollout-data
+  std::string load_debug_rollout_data;  // --load-debug-rollout-data
 };
 
 struct JobOptions {
@@ -31,17 +40,20 @@ struct JobOptions {
   RolloutOptions rollout;
   reward::RewardOptions reward;  // --rm-type --rm-url --reward-key
   runtime::PlacementRequest placement;
-  std::string train_backend = "fsdp";    // --train-backend fsdp|megatron
-  int64_t num_rollout = 1;               // --num-rollout
-  std::string save;                      // --save: checkpoint directory (train rank 0)
-  int64_t save_interval = 0;             // --save-interval: rollouts between checkpoints
-  std::string metrics_jsonl;             // --metrics-jsonl: per-step metrics (the head writes)
+  std::string train_backend = "fsdp";  // --train-backend fsdp|megatron
+  int64_t num_rollout = 1;             // --num-rollout
+  // --update-weights-interval: with --async (anvil train-async), rollouts between weight
+  // pushes to the engines (the synchronous loop pushes after every rollout).
+  int64_t update_weights_interval = 1;
+  std::string save;                    // --save: checkpoint directory (train rank 0)
+  int64_t save_interval = 0;           // --save-interval: rollouts between checkpoints
+  std::string metrics_jsonl;           // --metrics-jsonl: per-step metrics (the head writes)
   // The head's other metrics sinks (runtime/metrics/metrics_hub.hpp MetricsOptions).
-  bool use_tensorboard = false;               // --use-tensorboard
-  std::string tensorboard_dir;                // --tensorboard-dir (with --use-tensorboard)
-  int dashboard_port = -1;                    // --dashboard-port: -1 off, 0 any free port
-  std::string dashboard_host = "127.0.0.1";  // --dashboard-host
-  int64_t transfer_timeout_ms = 600000;  // --transfer-timeout-ms: gRPC deadline and waits
+  bool use_tensorboard = false;                 // --use-tensorboard
+  std::string tensorboard_dir;                  // --tensorboard-dir (with --use-tensorboard)
+  int dashboard_port = -1;                      // --dashboard-port: -1 off, 0 any free port
+  std::string dashboard_host = "127.0.0.1";     // --dashboard-host
+  int64_t transfer_timeout_ms = 600000;         // --transfer-timeout-ms: gRPC deadline and waits
   bool disable_rewards_normalization = false;   // --disable-rewards-normalization
   bool disable_grpo_std_normalization = false;  // --disable-grpo-std-normalization
   // Train group of W > 1 ranks (FSDP over c10d): rank 0 hosts the rendezvous store here.

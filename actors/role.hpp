@@ -52,6 +52,10 @@ class Role {
   // Releases the model's memory (rollout / ref / train) until onload().
   virtual std::string offload();
   virtual std::string onload();
+  // Called on another thread when the job stops: wakes a call of this role blocked waiting
+  // for data (a train or ref role waiting for a rollout that will not come), so that the
+  // role's thread ends. Must be thread-safe; the default does nothing.
+  virtual void cancel() {}
 
  protected:
   explicit Role(std::string name) : name_(std::move(name)) {}

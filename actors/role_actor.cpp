@@ -132,7 +132,8 @@ role_compute_actor::behavior_type compute_actor(role_compute_actor::pointer self
   };
 }
 
-role_actor::behavior_type front_actor(role_actor::pointer self, role_compute_actor compute) {
+role_actor::behavior_type front_actor(role_actor::pointer self, role_compute_actor compute,
+                                      std::shared_ptr<Role> role) {
   self->link_to(compute);
   return {
       [=](ping_atom, uint64_t nonce) { return nonce; },
@@ -157,6 +158,7 @@ role_actor::behavior_type front_actor(role_actor::pointer self, role_compute_act
           std::vector<weight_holder_actor> engines,
           const std::string& plan) { return self->delegate(compute, a, v, train0, engines, plan); },
       [=](stop_atom) {
+        if (role) role->cancel();  // a compute thread blocked on data ends now
         self->send_exit(compute, caf::exit_reason::user_shutdown);
         self->quit();
       },
@@ -242,8 +244,8 @@ std::string error_text(caf::actor_system& sys, const caf::error& err) {
 role_actor spawn_role_actor(caf::actor_system& sys, const std::string& role_name, int rank,
                             std::shared_ptr<Role> role, const std::string&) {
   std::string label = "role " + role_name + " rank " + std::to_string(rank);
-  auto compute = sys.spawn<caf::detached>(compute_actor, std::move(role), label);
-  return sys.spawn(front_actor, compute);
+  auto compute = sys.spawn<caf::detached>(compute_actor, role, label);
+  return sys.spawn(front_actor, compute, role);
 }
 
 int run_role_process(const RoleProcessOptions& o, std::shared_ptr<Role> role) {

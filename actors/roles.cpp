@@ -21,9 +21,13 @@
 
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
 
@@ -65,12 +69,17 @@ class RefRole final : public Role {
     runtime::RolloutReceiver::Options o;
     o.host = ctx_.bind_host;
     receiver_ = std::make_unique<runtime::RolloutReceiver>(ctx_.token, o);
+    cancel_target_.store(receiver_.get());
     return nlohmann::json{{"role", "ref"},
                           {"rank", ctx_.rank},
                           {"endpoint", ctx_.bind_host + ":" + std::to_string(receiver_->port())},
                           {"weight_version", 0},
                           {"checksum", weights_checksum(*model_)}}
         .dump();
+  }
+
+  void cancel() override {
+    if (auto* r = cancel_target_.load()) r->cancel("the job is stopping");
   }
 
   std::string compute_ref(uint64_t rollout_id, const std::string& targets_json) override {
@@ -101,6 +110,7 @@ class RefRole final : public Role {
   JobOptions job_;
   std::unique_ptr<models::DecoderModel> model_;
   std::unique_ptr<runtime::RolloutReceiver> receiver_;
+  std::atomic<runtime::RolloutReceiver*> cancel_target_{nullptr};  // receiver_, for cancel()
 };
 
 // ---- rollout ----------------------------------------------------------------------------
@@ -205,7 +215,7 @@ class RolloutRole final : public Role {
     auto targets = targets_of(targets_json, "generate targets");
     if (targets.empty()) fail("generate: rollout {} has nowhere to go", rollout_id);
     const auto& ro = job_.rollout;
-    int64_t engines = job_.placement.rollout_num_gpus / job_.placement.rollout_num_gpus_per_engine;
+    const int64_t engines = this->engines();
     if (ro.rollout_batch_size % engines != 0) {
       fail("--rollout-batch-size {} is not a multiple of the {} rollout engines",
            ro.rollout_batch_size, engines);
@@ -217,69 +227,23 @@ class RolloutRole final : public Role {
     before_.emplace(k, state_before(k));
     while (before_.size() > 8) before_.erase(before_.begin());  // only the latest few matter
     next_rollout_ = std::max(next_rollout_, k + 1);
-    struct Prompt {
-      data::TokenizedSample sample;
-      int64_t index;
-    };
-    std::vector<Prompt> prompts;
-    std::vector<engine::GenerateRequest> requests;
-    for (int64_t p = 0; p < ro.rollout_batch_size / engines; ++p) {
-      // Engine e takes every e-th prompt of the shared order, so engines never repeat one.
-      std::optional<data::TokenizedSample> next;
-      int64_t index = 0;
-      do {
-        next = loader_->next();
-        index = prompt_index_++;
-      } while (next && index % engines != ctx_.rank);
-      if (!next) fail("generate: the prompt data ran out at rollout {} prompt {}", rollout_id, p);
-      if (next->encoded.ids.empty()) fail("generate: prompt {} encodes to no tokens", index);
-      engine::GenerateRequest req;
-      req.input_ids.assign(next->encoded.ids.begin(), next->encoded.ids.end());
-      req.params.temperature = job_.train.temperature;
-      req.params.top_p = ro.top_p;
-      req.params.top_k = ro.top_k > 0 ? ro.top_k : -1;
-      req.params.max_new_tokens = ro.max_response_len;
-      req.params.n = ro.n_samples_per_prompt;
-      req.params.seed = ro.sampling_seed * 1000003 + static_cast<uint64_t>(index) * 7919;
-      req.rid = std::to_string(rollout_id) + "/" + std::to_string(index);
-      requests.push_back(std::move(req));
-      prompts.push_back({std::move(*next), index});
-    }
-    std::vector<engine::GenerateOutput> outputs = engine_->generate(std::move(requests));
     runtime::Rollout r;
     r.rollout_id = rollout_id;
-    bool warned = false;
-    for (size_t i = 0; i < outputs.size(); ++i) {
-      const auto& out = outputs[i];
-      const Prompt& prompt = prompts[i / static_cast<size_t>(ro.n_samples_per_prompt)];
-      if (out.output_ids.empty()) {
-        fail("generate: rollout {} prompt {} produced no tokens ({})", rollout_id, prompt.index,
-             out.abort_message);
-      }
-      runtime::WireSample s;
-      s.tokens = out.input_ids;
-      s.tokens.insert(s.tokens.end(), out.output_ids.begin(), out.output_ids.end());
-      s.response_length = static_cast<int64_t>(out.output_ids.size());
-      s.rollout_logprobs = out.output_logprobs;
-      s.weight_version = version_;
-      s.group_id = prompt.index;
-      s.status = finish_status(out.finish);
-      nlohmann::json meta = nlohmann::json::parse(prompt.sample.sample->metadata.dump());
-      s.metadata_json = meta.dump();
-      if (!job_.reward.rm_type.empty()) {
-        reward::RewardInput in;
-        in.prompt = prompt.sample.encoded.text;
-        in.response = out.text;
-        in.label = nlohmann::json::parse(prompt.sample.sample->label.dump());
-        in.metadata = meta;
-        s.reward =
-            reward::reward_value(reward::compute_reward(in, job_.reward), job_.reward.reward_key);
-      } else if (!warned) {
-        warned = true;
-        if (!warned_no_rm_) L()->warn("no --rm-type: every sample's reward is 0");
-        warned_no_rm_ = true;
-      }
-      r.samples.push_back(std::move(s));
+    nlohmann::json stats = nlohmann::json::object();
+    if (!ro.load_debug_rollout_data.empty()) {
+      r.samples = load_debug_rollout(debug_rollout_path(ro.load_debug_rollout_data, k));
+      stats["loaded_from"] = debug_rollout_path(ro.load_debug_rollout_data, k);
+    } else {
+      stats = generate_groups(rollout_id, ro.rollout_batch_size / engines, r.samples);
+    }
+    if (!ro.save_debug_rollout_data.empty()) {
+      save_debug_rollout(debug_rollout_path(ro.save_debug_rollout_data, k), r.samples);
+    }
+    double reward_sum = 0;
+    int64_t response_tokens = 0;
+    for (const auto& s : r.samples) {
+      reward_sum += s.reward;
+      response_tokens += s.response_length;
     }
     auto parts = split_by_group(r, targets.size());
     uint64_t tokens = 0;
@@ -287,11 +251,14 @@ class RolloutRole final : public Role {
       tokens +=
           runtime::push_rollout(targets[i], ctx_.token, parts[i], job_.transfer_timeout_ms).tokens;
     }
-    return nlohmann::json{{"rollout_id", rollout_id},
+    nlohmann::json out = {{"rollout_id", rollout_id},
                           {"samples", r.samples.size()},
                           {"tokens", tokens},
-                          {"weight_version", version_}}
-        .dump();
+                          {"reward_sum", reward_sum},
+                          {"response_tokens", response_tokens},
+                          {"weight_version", version_}};
+    out.update(stats);
+    return out.dump();
   }
 
   std::string version() override {
@@ -340,6 +307,214 @@ class RolloutRole final : public Role {
   int64_t engines() const {
     return job_.placement.rollout_num_gpus / job_.placement.rollout_num_gpus_per_engine;
   }
+  // One round of generation: `count` prompts of this engine's share, n samples each, with
+  // rewards. Groups come back in prompt order, each as its n samples.
+  std::vector<std::vector<runtime::WireSample>> generate_round(uint64_t rollout_id, int64_t count) {
+    const auto& ro = job_.rollout;
+    const int64_t engines = this->engines();
+    struct Prompt {
+      data::TokenizedSample sample;
+      int64_t index;
+    };
+    std::vector<Prompt> prompts;
+    std::vector<engine::GenerateRequest> requests;
+    for (int64_t p = 0; p < count; ++p) {
+      // Engine e takes every e-th prompt of the shared order, so engines never repeat one.
+      std::optional<data::TokenizedSample> next;
+      int64_t index = 0;
+      do {
+        next = loader_->next();
+        index = prompt_index_++;
+      } while (next && index % engines != ctx_.rank);
+      if (!next) fail("generate: the prompt data ran out at rollout {} prompt {}", rollout_id, p);
+      if (next->encoded.ids.empty()) fail("generate: prompt {} encodes to no tokens", index);
+      engine::GenerateRequest req;
+      req.input_ids.assign(next->encoded.ids.begin(), next->encoded.ids.end());
+      req.params.temperature = job_.train.temperature;
+      req.params.top_p = ro.top_p;
+      req.params.top_k = ro.top_k > 0 ? ro.top_k : -1;
+      req.params.max_new_tokens = ro.max_response_len;
+      req.params.n = ro.n_samples_per_prompt;
+      req.params.seed = ro.sampling_seed * 1000003 + static_cast<uint64_t>(index) * 7919;
+      req.rid = std::to_string(rollout_id) + "/" + std::to_string(index);
+      requests.push_back(std::move(req));
+      prompts.push_back({std::move(*next), index});
+    }
+    std::vector<engine::GenerateOutput> outputs = engine_->generate(std::move(requests));
+    std::vector<std::vector<runtime::WireSample>> groups(prompts.size());
+    bool warned = false;
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      const auto& out = outputs[i];
+      const size_t g = i / static_cast<size_t>(ro.n_samples_per_prompt);
+      const Prompt& prompt = prompts[g];
+      if (out.output_ids.empty()) {
+        fail("generate: rollout {} prompt {} produced no tokens ({})", rollout_id, prompt.index,
+             out.abort_message);
+      }
+      runtime::WireSample s;
+      s.tokens = out.input_ids;
+      s.tokens.insert(s.tokens.end(), out.output_ids.begin(), out.output_ids.end());
+      s.response_length = static_cast<int64_t>(out.output_ids.size());
+      s.rollout_logprobs = out.output_logprobs;
+      s.weight_version = version_;
+      s.group_id = prompt.index;
+      s.status = finish_status(out.finish);
+      nlohmann::json meta = nlohmann::json::parse(prompt.sample.sample->metadata.dump());
+      s.metadata_json = meta.dump();
+      if (!job_.reward.rm_type.empty()) {
+        reward::RewardInput in;
+        in.prompt = prompt.sample.encoded.text;
+        in.response = out.text;
+        in.label = nlohmann::json::parse(prompt.sample.sample->label.dump());
+        in.metadata = meta;
+        s.reward =
+            reward::reward_value(reward::compute_reward(in, job_.reward), job_.reward.reward_key);
+      } else if (!warned) {
+        warned = true;
+        if (!warned_no_rm_) L()->warn("no --rm-type: every sample's reward is 0");
+        warned_no_rm_ = true;
+      }
+      groups[g].push_back(std::move(s));
+    }
+    return groups;
+  }
+
+  // This engine's `quota` groups of rollout `rollout_id` into `samples`. Without a filter:
+  // one round of `quota` prompts. With --dynamic-sampling-filter-path (slime's
+  // check_reward_nonzero_std): rounds of --over-sampling-batch-size / engines prompts until
+  // `quota` groups whose rewards are not all equal are kept (a group of equal rewards has
+  // zero advantage under GRPO and teaches nothing); groups past the quota are dropped, as
+  // slime drops them. Returns the round statistics for the controller's report.
+  nlohmann::json generate_groups(uint64_t rollout_id, int64_t quota,
+                                 std::vector<runtime::WireSample>& samples) {
+    const auto& ro = job_.rollout;
+    const bool filter = !ro.dynamic_sampling_filter.empty();
+    const int64_t per_round =
+        ro.over_sampling_batch_size > 0 ? ro.over_sampling_batch_size / engines() : quota;
+    constexpr int64_t kMaxRounds = 64;
+    int64_t kept = 0, generated = 0, filtered = 0, rounds = 0;
+    while (kept < quota) {
+      if (rounds == kMaxRounds) {
+        fail(
+            "dynamic sampling: rollout {}: after {} rounds of {} prompts only {} of {} groups "
+            "had rewards that differ (--dynamic-sampling-filter-path {}); check the reward "
+            "(--rm-type) or the data",
+            rollout_id, rounds, per_round, kept, quota, ro.dynamic_sampling_filter);
+      }
+      ++rounds;
+      std::vector<std::vector<runtime::WireSample>> groups;
+      try {
+        groups = generate_round(rollout_id, per_round);
+      } catch (const Error& e) {
+        if (!filter) throw;
+        fail(
+            "dynamic sampling: rollout {}: {}; by then {} of {} groups had rewards that differ "
+            "(--dynamic-sampling-filter-path {}): check the reward (--rm-type) or the data",
+            rollout_id, e.what(), kept, quota, ro.dynamic_sampling_filter);
+      }
+      for (auto& group : groups) {
+        ++generated;
+        if (filter && !rewards_differ(group)) {
+          ++filtered;
+          continue;
+        }
+        if (kept == quota) continue;  // surplus of the last round
+        ++kept;
+        for (auto& s : group) samples.push_back(std::move(s));
+      }
+    }
+    nlohmann::json out = {{"groups", kept}, {"groups_generated", generated}};
+    if (filter) {
+      out["groups_filtered"] = filtered;
+      out["rounds"] = rounds;
+    }
+    return out;
+  }
+
+  // slime's check_reward_nonzero_std: the group's rewards have a non-zero standard deviation.
+  static bool rewards_differ(const std::vector<runtime::WireSample>& group) {
+    for (const auto& s : group) {
+      if (s.reward != group.front().reward) return true;
+    }
+    return false;
+  }
+
+  // --save/--load-debug-rollout-data: "{rollout_id}" is the RL rollout index and "{engine}"
+  // this engine's rank (required when there are several engines).
+  std::string debug_rollout_path(const std::string& tmpl, int64_t k) const {
+    std::string out = tmpl;
+    auto put = [&](const std::string& key, const std::string& value) {
+      for (size_t at = out.find(key); at != std::string::npos; at = out.find(key, at))
+        out.replace(at, key.size(), value), at += value.size();
+    };
+    put("{rollout_id}", std::to_string(k));
+    put("{engine}", std::to_string(ctx_.rank));
+    return out;
+  }
+
+  // One JSON object per line and sample: tokens, response_length, reward, rollout_logprobs,
+  // weight_version, group_id, status, metadata. Written to a temporary file and renamed.
+  void save_debug_rollout(const std::string& path,
+                          const std::vector<runtime::WireSample>& samples) {
+    std::filesystem::path p(path);
+    if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
+    const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+    {
+      std::ofstream f(tmp);
+      if (!f) fail("--save-debug-rollout-data: cannot write {}", tmp);
+      for (const auto& s : samples) {
+        nlohmann::json j = {
+            {"tokens", s.tokens},
+            {"response_length", s.response_length},
+            {"reward", s.reward},
+            {"rollout_logprobs", s.rollout_logprobs},
+            {"weight_version", s.weight_version},
+            {"group_id", s.group_id},
+            {"status", s.status},
+            {"metadata",
+             nlohmann::json::parse(s.metadata_json.empty() ? std::string("{}") : s.metadata_json)}};
+        f << j.dump() << "\n";
+      }
+      f.flush();
+      if (!f) fail("--save-debug-rollout-data: writing {} failed", tmp);
+    }
+    std::filesystem::rename(tmp, path);
+  }
+
+  std::vector<runtime::WireSample> load_debug_rollout(const std::string& path) const {
+    std::ifstream f(path);
+    if (!f) fail("--load-debug-rollout-data: cannot read {}", path);
+    std::vector<runtime::WireSample> out;
+    std::string line;
+    for (int64_t n = 1; std::getline(f, line); ++n) {
+      if (line.empty()) continue;
+      const std::string where = path + ":" + std::to_string(n);
+      nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (j.is_discarded() || !j.is_object())
+        fail("--load-debug-rollout-data {}: not a JSON object", where);
+      runtime::WireSample s;
+      try {
+        s.tokens = j.at("tokens").get<std::vector<int64_t>>();
+        s.response_length = j.at("response_length").get<int64_t>();
+        s.reward = j.at("reward").get<double>();
+        s.rollout_logprobs = j.value("rollout_logprobs", std::vector<float>{});
+        s.weight_version = j.value("weight_version", uint64_t{0});
+        s.group_id = j.at("group_id").get<int64_t>();
+        s.status = j.value("status", 0);
+        s.metadata_json = j.value("metadata", nlohmann::json::object()).dump();
+      } catch (const nlohmann::json::exception& e) {
+        fail("--load-debug-rollout-data {}: {}", where, e.what());
+      }
+      if (s.response_length < 1 || s.response_length >= static_cast<int64_t>(s.tokens.size())) {
+        fail("--load-debug-rollout-data {}: response_length {} must be in [1, {})", where,
+             s.response_length, s.tokens.size());
+      }
+      out.push_back(std::move(s));
+    }
+    if (out.empty()) fail("--load-debug-rollout-data: {} holds no samples", path);
+    return out;
+  }
+
   // What a checkpoint keeps of this engine when the next rollout is `k`.
   nlohmann::json state_before(int64_t k) const {
     return {{"rank", ctx_.rank},

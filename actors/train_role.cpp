@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <map>
@@ -153,6 +154,7 @@ class TrainRole final : public Role {
     runtime::RolloutReceiver::Options o;
     o.host = ctx_.bind_host;
     receiver_ = std::make_unique<runtime::RolloutReceiver>(ctx_.token, o);
+    cancel_target_.store(receiver_.get());
     return info();
   }
 
@@ -168,6 +170,14 @@ class TrainRole final : public Role {
     if (r.samples.empty()) fail("train rank {}: rollout {} has no samples", ctx_.rank, rollout_id);
     std::vector<double> raw;
     for (const auto& s : r.samples) raw.push_back(s.reward);
+    // Off-policy distance: the weight version this rank holds minus the one each sample was
+    // generated with (0 in the synchronous loop, 1 one-step-off).
+    double staleness_sum = 0, staleness_max = 0;
+    for (const auto& s : r.samples) {
+      const double d = static_cast<double>(version_) - static_cast<double>(s.weight_version);
+      staleness_sum += d;
+      staleness_max = std::max(staleness_max, d);
+    }
     int64_t group = job_.rollout.n_samples_per_prompt;
     if (static_cast<int64_t>(raw.size()) % group != 0) {
       fail(
@@ -202,6 +212,9 @@ class TrainRole final : public Role {
     nlohmann::json out = {{"rollout_id", rollout_id},   {"rank", ctx_.rank},
                           {"world_size", world_},       {"samples", samples.size()},
                           {"weight_version", version_}, {"seconds", seconds}};
+    out["optimizer_steps"] = trainer_->steps();
+    out["staleness_mean"] = staleness_sum / static_cast<double>(r.samples.size());
+    out["staleness_max"] = staleness_max;
     out["steps"] = nlohmann::json::array();
     for (const auto& m : steps) {
       nlohmann::json step;
@@ -276,6 +289,10 @@ class TrainRole final : public Role {
   // Colocated mode: the training state (weights or shards, AdamW state) leaves the device
   // while the engines generate, and the device's cached blocks go back to the driver so the
   // engine process can use them. On the CPU there is nothing to give back.
+  void cancel() override {
+    if (auto* r = cancel_target_.load()) r->cancel("the job is stopping");
+  }
+
   std::string offload() override { return move_state(/*to_host=*/true); }
   std::string onload() override { return move_state(/*to_host=*/false); }
 
@@ -379,6 +396,7 @@ class TrainRole final : public Role {
   std::unique_ptr<fsdp::FsdpModel> fsdp_;        // W > 1
   std::unique_ptr<train::Trainer> trainer_;
   std::unique_ptr<runtime::RolloutReceiver> receiver_;
+  std::atomic<runtime::RolloutReceiver*> cancel_target_{nullptr};  // receiver_, for cancel()
   std::map<std::string, std::unique_ptr<runtime::WeightPusher>> pushers_;  // by endpoint
   uint64_t version_ = 0;
   int64_t loaded_iteration_ = -1;  // --load: the checkpoint's iteration

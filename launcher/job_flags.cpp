@@ -37,6 +37,15 @@ void add_job_flags(CLI::App& cmd, actors::JobOptions& job) {
   cmd.add_option("--rollout-top-p", r.top_p)->capture_default_str();
   cmd.add_option("--rollout-top-k", r.top_k, "0 = off")->capture_default_str();
   cmd.add_option("--rollout-sampling-seed", r.sampling_seed)->capture_default_str();
+  cmd.add_option("--over-sampling-batch-size", r.over_sampling_batch_size,
+                 "Prompts per generation round with dynamic sampling (0 = --rollout-batch-size)")
+      ->capture_default_str();
+  cmd.add_option("--dynamic-sampling-filter-path", r.dynamic_sampling_filter,
+                 "Group filter: check_reward_nonzero_std (drops groups whose rewards are equal)");
+  cmd.add_option("--save-debug-rollout-data", r.save_debug_rollout_data,
+                 "Write each rollout's samples here (template: {rollout_id}, {engine})");
+  cmd.add_option("--load-debug-rollout-data", r.load_debug_rollout_data,
+                 "Read each rollout's samples from here instead of generating");
   cmd.add_option("--rm-type", job.reward.rm_type, "Rule-based reward (rollout/reward)");
   cmd.add_option("--rm-url", job.reward.rm_url, "Remote reward model URL (--rm-type remote_rm)");
   cmd.add_option("--reward-key", job.reward.reward_key, "Field of a dict reward");
@@ -72,6 +81,10 @@ void add_job_flags(CLI::App& cmd, actors::JobOptions& job) {
                  "the RNG state, so --load continues it)")
       ->capture_default_str();
   cmd.add_option("--metrics-jsonl", job.metrics_jsonl, "Per-step training metrics (JSONL)");
+  cmd.add_option("--update-weights-interval", job.update_weights_interval,
+                 "With --async: rollouts between weight pushes to the engines")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd.add_flag("--use-tensorboard", job.use_tensorboard,
                "Write TensorBoard event files (under --tensorboard-dir)");
   cmd.add_option("--tensorboard-dir", job.tensorboard_dir, "Directory of the TensorBoard files");
@@ -108,6 +121,65 @@ namespace {
 
 // Registers the job flags on `app`, parses `args` into `job`, settles the dependent flags
 // and rejects invalid and contradictory settings.
+
+// Dynamic sampling and debug rollout data (slime's flags): settings that cannot work are
+// refused before any process starts.
+void check_rollout_flags(actors::JobOptions& job, const std::string& where) {
+  auto& r = job.rollout;
+  const int64_t per_engine = std::max<int64_t>(job.placement.rollout_num_gpus_per_engine, 1);
+  const int64_t engines = std::max<int64_t>(job.placement.rollout_num_gpus / per_engine, 1);
+  constexpr const char* kFilter = "check_reward_nonzero_std";
+  auto& f = r.dynamic_sampling_filter;
+  if (!f.empty()) {
+    const std::string suffix = std::string(".") + kFilter;
+    const bool slime_path =
+        f.size() > suffix.size() && f.compare(f.size() - suffix.size(), suffix.size(), suffix) == 0;
+    if (f != kFilter && !slime_path) {
+      fail(
+          "{}: --dynamic-sampling-filter-path {}: unknown filter (anvil has {}, which drops "
+          "groups whose rewards are all equal)",
+          where, f, kFilter);
+    }
+    f = kFilter;
+    if (r.n_samples_per_prompt < 2) {
+      fail(
+          "{}: --dynamic-sampling-filter-path needs --n-samples-per-prompt >= 2 (a group of "
+          "one sample has no reward spread)",
+          where);
+    }
+  }
+  if (r.over_sampling_batch_size < 0) fail("{}: --over-sampling-batch-size must be >= 0", where);
+  if (r.over_sampling_batch_size > 0) {
+    if (f.empty()) {
+      fail(
+          "{}: --over-sampling-batch-size {} without --dynamic-sampling-filter-path: the extra "
+          "groups would be generated and thrown away",
+          where, r.over_sampling_batch_size);
+    }
+    if (r.over_sampling_batch_size < r.rollout_batch_size) {
+      fail("{}: --over-sampling-batch-size {} is below --rollout-batch-size {}", where,
+           r.over_sampling_batch_size, r.rollout_batch_size);
+    }
+    if (r.over_sampling_batch_size % engines != 0) {
+      fail("{}: --over-sampling-batch-size {} is not a multiple of the {} rollout engines", where,
+           r.over_sampling_batch_size, engines);
+    }
+  }
+  for (auto [flag, value] : {std::pair<const char*, const std::string*>{"--save-debug-rollout-data",
+                                                                        &r.save_debug_rollout_data},
+                             {"--load-debug-rollout-data", &r.load_debug_rollout_data}}) {
+    if (value->empty()) continue;
+    if (value->find("{rollout_id}") == std::string::npos && job.num_rollout > 1) {
+      fail("{}: {} {}: the path needs {{rollout_id}} (the job has {} rollouts)", where, flag,
+           *value, job.num_rollout);
+    }
+    if (engines > 1 && value->find("{engine}") == std::string::npos) {
+      fail("{}: {} {}: the path needs {{engine}} (there are {} rollout engines)", where, flag,
+           *value, engines);
+    }
+  }
+}
+
 void parse_into(CLI::App& app, const std::vector<std::string>& args, actors::JobOptions& job,
                 const std::string& where) {
   add_job_flags(app, job);
@@ -140,6 +212,7 @@ void parse_into(CLI::App& app, const std::vector<std::string>& args, actors::Job
     fail("{}: --tensorboard-dir {} is set but --use-tensorboard is not", where,
          job.tensorboard_dir);
   }
+  check_rollout_flags(job, where);
 }
 
 }  // namespace

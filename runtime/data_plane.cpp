@@ -537,9 +537,10 @@ class RolloutService final : public proto::RolloutTransfer::Service {
   Rollout take(uint64_t id, int64_t timeout_ms) {
     std::unique_lock<std::mutex> lock(mutex_);
     if (!cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
-                      [&] { return ready_.count(id) != 0; })) {
+                      [&] { return ready_.count(id) != 0 || cancelled_; })) {
       fail("rollout {} did not arrive within {} ms", id, timeout_ms);
     }
+    if (cancelled_) fail("waiting for rollout {}: {}", id, cancel_reason_);
     Rollout r = std::move(ready_.at(id));
     ready_.erase(id);
     return r;
@@ -551,6 +552,18 @@ class RolloutService final : public proto::RolloutTransfer::Service {
   std::mutex mutex_;
   std::condition_variable cv_;
   std::map<uint64_t, Rollout> ready_;
+  bool cancelled_ = false;
+  std::string cancel_reason_;
+
+ public:
+  void cancel(const std::string& reason) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      cancelled_ = true;
+      cancel_reason_ = reason;
+    }
+    cv_.notify_all();
+  }
 };
 
 }  // namespace
@@ -576,6 +589,8 @@ int RolloutReceiver::port() const { return impl_->port; }
 Rollout RolloutReceiver::take(uint64_t rollout_id, int64_t timeout_ms) {
   return impl_->service.take(rollout_id, timeout_ms);
 }
+
+void RolloutReceiver::cancel(const std::string& reason) { impl_->service.cancel(reason); }
 
 RolloutPushResult push_rollout(const std::string& target, const std::string& token,
                                const Rollout& rollout, int64_t deadline_ms, size_t part_bytes) {

@@ -175,6 +175,9 @@ class RolloutReceiver {
   // Waits until rollout `rollout_id` has arrived whole and returns it. Throws anvil::Error
   // naming the id after `timeout_ms`.
   Rollout take(uint64_t rollout_id, int64_t timeout_ms);
+  // Makes every take(), waiting now or later, throw anvil::Error with `reason` (the job is
+  // stopping: a role thread blocked on data must end). Thread-safe.
+  void cancel(const std::string& reason);
 
  private:
   struct Impl;
