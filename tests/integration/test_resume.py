@@ -17,11 +17,12 @@ import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from test_runtime import (ANVIL, ENV, Cluster, assert_no_processes, job_processes,  # noqa: F401
-                          run, setup)
+from test_runtime import (ANVIL, ENV, Cluster, assert_no_processes, has_cuda,  # noqa: F401
+                          job_processes, run, setup)
 
 GROUP = 2 * 2  # --rollout-batch-size 2 x --n-samples-per-prompt 2: reward requests per rollout
 
@@ -343,3 +344,39 @@ def test_finetune_starts_from_the_checkpoint_weights(setup, straight):
     assert "not a checkpoint of an RL job" in err and "--finetune" in err, err
     r = run("head", "--in-process", *flags, "--finetune", check=False)
     assert r.returncode == 1 and "--finetune needs --load" in r.stderr
+
+
+def assert_close_metrics(a, b, rtol):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            if isinstance(x[k], float):
+                assert abs(x[k] - y[k]) <= rtol * max(1.0, abs(x[k])), (k, x[k], y[k])
+            else:
+                assert x[k] == y[k], k
+
+
+@pytest.mark.skipif(not has_cuda(), reason="no CUDA device: runs on the GPU machine")
+def test_cuda_killed_run_resumes(setup):
+    """--device cuda: the same kill and resume. Checked within 1e-5 (weights, AdamW moments)
+    and 1e-4 relative (metrics) rather than bitwise, since CUDA kernels need not reduce in a
+    fixed order; the RNG states (CPU and CUDA) and the rollout cursors exactly."""
+    d, model, data = setup
+    cuda = ("--device", "cuda")
+    out, _ = straight_run(d / "straight-cuda", model, data, *cuda)
+    run_dir = d / "killed-cuda"
+    report = kill_and_resume_in_process(run_dir, model, data, *cuda)
+    assert [r["rollout"] for r in report["rollouts"]] == [2, 3]
+    assert_close_metrics(metric_lines(out / "metrics.jsonl"),
+                         metric_lines(run_dir / "metrics.jsonl"), 1e-4)
+    ta, sa = checkpoint(out / "ckpt", 4)
+    tb, sb = checkpoint(run_dir / "ckpt", 4)
+    assert ta.keys() == tb.keys() and sa == sb
+    for f in ta:
+        for k in ta[f]:
+            if k.startswith("__rng__"):
+                assert ta[f][k].tobytes() == tb[f][k].tobytes(), k
+            else:
+                diff = np.abs(ta[f][k].astype(np.float64) - tb[f][k].astype(np.float64)).max()
+                assert diff <= 1e-5, (f, k, diff)
