@@ -4,8 +4,10 @@
 Same model (the HF directory `anvil init-model` writes), same prompts (the arithmetic task of
 `anvil make-task`, rendered with the model's chat template on both sides), same group size,
 prompts per step, response-length limit, learning rate, sampling temperature 1, no KL term
-(TRL beta 0, anvil without --use-kl-loss), one optimizer step per batch of P x G samples, and
-the same number of intra-op threads. A step is generate + reward + train (+ anvil's weight
+(TRL beta 0, anvil without --use-kl-loss), one optimizer step per batch of P x G samples run
+as one micro-batch on both sides (TRL per_device_train_batch_size = anvil --micro-batch-size =
+P x G; anvil's default of 1 sample per micro-batch costs it ~2x on the train side), and the
+same number of intra-op threads. A step is generate + reward + train (+ anvil's weight
 sync to its engine). A random model rarely emits its end token, so both sides generate close
 to the limit; the mean response length of each side is printed beside its time.
 
@@ -72,7 +74,8 @@ def run_anvil(a, model, data, work):
               "--rollout-shuffle", "--num-epoch", "1000", "--rm-type", "exact_match",
               "--rollout-batch-size", str(a.prompts), "--n-samples-per-prompt", str(a.group),
               "--rollout-max-response-len", str(a.response_len),
-              "--global-batch-size", str(a.prompts * a.group), "--lr", str(a.lr),
+              "--global-batch-size", str(a.prompts * a.group),
+              "--micro-batch-size", str(a.prompts * a.group), "--lr", str(a.lr),
               "--advantage-estimator", "grpo", "--num-rollout", str(a.steps),
               "--report", report, "--metrics-jsonl", metrics, env=env)
     stamps = []
