@@ -66,6 +66,45 @@ TEST(MathAnswer, NormalisationAndEquality) {
   EXPECT_EQ(math_reward("\\boxed{4}", ""), 0.0);
 }
 
+// Exact rational evaluation: equal values in different forms match, near misses that a
+// floating-point tolerance would accept do not, and anything non-arithmetic falls back to
+// string comparison.
+TEST(MathAnswer, ExactRationalEquivalence) {
+  struct Case {
+    const char *given, *truth;
+    bool equal;
+  };
+  const Case cases[] = {
+      {"\\frac{1}{2}+\\frac{1}{4}", "0.75", true},
+      {"3/4", "0.75", true},
+      {"\\frac{6}{8}", "\\frac{3}{4}", true},
+      {"2(3+4)", "14", true},
+      {"2 \\cdot 3 - 1", "5", true},
+      {"2 \\times 3", "6", true},
+      {"12 \\div 4", "3", true},
+      {"2^{10}", "1024", true},
+      {"2^-2", "\\frac{1}{4}", true},
+      {"-2^2", "-4", true},  // the power binds tighter than the minus
+      {"(-2)^2", "4", true},
+      {"-\\frac{1}{3}", "\\frac{-1}{3}", true},
+      {"0.333333333333", "\\frac{1}{3}", false},  // exact: not a third
+      {"1.0000000001", "1", false},               // within 1e-6 but not equal
+      {"\\frac{1}{3}+\\frac{1}{3}", "\\frac{2}{3}", true},
+      {"1/0", "1/0", true},                           // same string
+      {"1/0", "2/0", false},                          // undefined values never match
+      {"(1/2, 0.25)", "(0.5, \\frac{1}{4})", true},   // tuples element by element
+      {"(1/2, 0.25)", "[0.5, \\frac{1}{4}]", false},  // brackets must agree
+      {"(1, 2, 3)", "(1, 2)", false},
+      {"[0, 1/2)", "[0, 0.5)", true},
+      {"1,234,567", "1234567", true},
+      {"2\\sqrt{2}", "\\sqrt{8}", false},                         // radicals: no symbolic algebra
+      {"99999999999999999999*99999999999999999999", "1", false},  // overflow: no match
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(math_answers_equal(c.given, c.truth), c.equal) << c.given << " vs " << c.truth;
+  }
+}
+
 TEST(Reward, TypesMetadataOverrideBoxedPrefixAndRewardKey) {
   RewardOptions o;
   o.rm_type = "exact_match";
