@@ -206,6 +206,12 @@ at::Tensor DecoderModel::attention(int layer, const at::Tensor& x, const PackedB
   const bool gqa = nq != nkv;
   const size_t S = batch.seq_lens.size();
 
+  // A cache that attends the whole batch at once (the rollout engine's paged pool).
+  if (cache != nullptr) {
+    at::Tensor o = cache->attend(layer, q, k, v, batch, past, scale);  // [T, Nq*D]
+    if (o.defined()) return at::linear(o, p(w.o_w), p(w.o_b));
+  }
+
   // Without a cache, sequences of one length run as one batched attention call.
   if (cache == nullptr && S > 1 &&
       std::all_of(batch.seq_lens.begin(), batch.seq_lens.end(),
@@ -275,20 +281,31 @@ at::Tensor DecoderModel::forward_hidden(const PackedBatch& batch, KVStore* cache
     }
   }
 
-  // Rotary tables per sequence, joined to [T, D]. Dynamic NTK uses each sequence's length.
+  // Rotary tables per sequence, joined to [T, D]. Dynamic NTK uses each sequence's length;
+  // every other type is a function of the position alone, so one call covers the batch
+  // with the same values.
   std::vector<at::Tensor> cos_parts, sin_parts;
   std::vector<int64_t> past(batch.seq_lens.size(), 0);
   at::Tensor positions_cpu = batch.positions.to(at::kCPU);
   const int64_t* pos = positions_cpu.data_ptr<int64_t>();
+  const bool per_sequence_rope = config_.rope.type == "dynamic";
   int64_t offset = 0;
   for (size_t s = 0; s < batch.seq_lens.size(); ++s) {
     const int64_t n = batch.seq_lens[s];
     if (cache != nullptr) past[s] = cache->length(batch.cache_slots[s]);
-    int64_t max_pos = *std::max_element(pos + offset, pos + offset + n);
-    auto [c, sn] = rope_.cos_sin(batch.positions.narrow(0, offset, n), dtype(), max_pos + 1);
+    if (per_sequence_rope) {
+      int64_t max_pos = *std::max_element(pos + offset, pos + offset + n);
+      auto [c, sn] = rope_.cos_sin(batch.positions.narrow(0, offset, n), dtype(), max_pos + 1);
+      cos_parts.push_back(c);
+      sin_parts.push_back(sn);
+    }
+    offset += n;
+  }
+  if (!per_sequence_rope && T > 0) {
+    int64_t max_pos = *std::max_element(pos, pos + T);
+    auto [c, sn] = rope_.cos_sin(batch.positions, dtype(), max_pos + 1);
     cos_parts.push_back(c);
     sin_parts.push_back(sn);
-    offset += n;
   }
   at::Tensor cos = cos_parts.size() == 1 ? cos_parts[0] : at::cat(cos_parts, 0);  // [T, D]
   at::Tensor sin = sin_parts.size() == 1 ? sin_parts[0] : at::cat(sin_parts, 0);  // [T, D]

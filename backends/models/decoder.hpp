@@ -50,6 +50,17 @@ class KVStore {
   virtual std::pair<at::Tensor, at::Tensor> append(int64_t layer, int64_t slot, const at::Tensor& k,
                                                    const at::Tensor& v) = 0;
   virtual void commit(int64_t slot, int64_t n) = 0;
+  // Optional batched path: stores the new k/v ([T, Nkv, D], rotated) of every sequence of
+  // `batch` at `layer` and returns the attention output [T, Nq * D] of q ([T, Nq, D]),
+  // each token seeing its own sequence's cached keys and the new ones up to itself. An
+  // undefined tensor (the default) means "not handled": the decoder then calls append()
+  // per sequence. `past` holds length() of each sequence, `scale` the softmax scale.
+  virtual at::Tensor attend(int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v, const PackedBatch& batch,
+                            const std::vector<int64_t>& past, double scale) {
+    (void)layer, (void)q, (void)k, (void)v, (void)batch, (void)past, (void)scale;
+    return {};
+  }
 };
 
 // A contiguous per-sequence key/value cache for simple generation (the rollout engine

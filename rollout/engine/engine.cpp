@@ -66,6 +66,9 @@ struct Engine::Seq {
   std::vector<int64_t> tokens;  // prompt then output
   int64_t prompt_len = 0;
   std::vector<float> logprobs;
+  std::vector<std::vector<std::pair<int64_t, float>>> top;  // per output token
+  int64_t top_logprobs_num = 0;
+  std::function<void(const TokenEvent&)> on_token;
   SamplingParams params;
   uint64_t seed = 0;
   std::mt19937_64 rng;
@@ -84,6 +87,7 @@ struct Engine::Seq {
   void restart() {  // back to the prompt with the original random stream
     tokens.resize(static_cast<size_t>(prompt_len));
     logprobs.clear();
+    top.clear();
     rng.seed(seed);
     computed = 0;
     cached_tokens = 0;
@@ -100,6 +104,22 @@ uint64_t mix64(uint64_t x) {
 }
 
 int64_t dtype_bytes(at::ScalarType t) { return static_cast<int64_t>(c10::elementSize(t)); }
+
+// The k largest entries of a row of scaled logits as (id, log-prob), largest first.
+std::vector<std::pair<int64_t, float>> top_logprobs(const float* z, int64_t V, float lse,
+                                                    int64_t k) {
+  std::vector<int64_t> ids(static_cast<size_t>(V));
+  for (int64_t i = 0; i < V; ++i) ids[static_cast<size_t>(i)] = i;
+  auto before = [&](int64_t a, int64_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); };
+  std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), before);
+  std::vector<std::pair<int64_t, float>> out;
+  out.reserve(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t id = ids[static_cast<size_t>(i)];
+    out.emplace_back(id, z[id] - lse);
+  }
+  return out;
+}
 
 std::string decode(const data::Tokenizer* tok, const std::vector<int64_t>& ids, size_t from,
                    bool skip_special) {
@@ -191,6 +211,9 @@ std::vector<std::future<GenerateOutput>> Engine::submit(GenerateRequest request)
     }
   }
   request.params.validate();
+  if (request.top_logprobs_num < 0) {
+    fail("top_logprobs_num must be >= 0, got {}", request.top_logprobs_num);
+  }
   const int64_t n = static_cast<int64_t>(ids.size());
   if (n >= max_context_) {
     fail("input_ids: the prompt has {} tokens; the context window ({}) leaves no room to generate",
@@ -216,6 +239,8 @@ std::vector<std::future<GenerateOutput>> Engine::submit(GenerateRequest request)
                                   : mix64(options_.seed ^ mix64(++seed_counter_));
     s->rng.seed(s->seed);
     s->on_finish = request.on_finish;
+    s->on_token = request.on_token;
+    s->top_logprobs_num = std::min(request.top_logprobs_num, V);
     futures.push_back(s->promise.get_future());
     samples.push_back(std::move(s));
   }
@@ -452,6 +477,18 @@ bool Engine::step_locked() {
         const int64_t y = sample_token(row, V, lp[i], t->params, t->rng);
         t->tokens.push_back(y);
         t->logprobs.push_back(row[y] - lp[i]);  // the trainer's z[y] - lse(z), in fp32
+        if (t->top_logprobs_num > 0)
+          t->top.push_back(top_logprobs(row, V, lp[i], t->top_logprobs_num));
+        if (t->on_token) {
+          try {
+            t->on_token(TokenEvent{
+                t->sample_index,
+                std::span<const int64_t>(t->tokens).subspan(static_cast<size_t>(t->prompt_len)),
+                t->logprobs, t->top});
+          } catch (const std::exception& e) {
+            log::get("engine")->error("on_token of request '{}' failed: {}", t->rid, e.what());
+          }
+        }
         check_finished_locked(*t);
       }
     }
@@ -500,6 +537,7 @@ void Engine::finish_locked(Seq& s, FinishReason reason) {
   out.input_ids.assign(s.tokens.begin(), s.tokens.begin() + s.prompt_len);
   out.output_ids.assign(s.tokens.begin() + s.prompt_len, s.tokens.end());
   out.output_logprobs = s.logprobs;
+  out.output_top_logprobs = s.top;
   out.text = decode(tokenizer_.get(), s.tokens, static_cast<size_t>(s.prompt_len),
                     s.params.skip_special_tokens);
   if (s.stop_pos != std::string::npos && s.stop_pos < out.text.size()) {

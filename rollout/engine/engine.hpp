@@ -44,6 +44,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <utility>
@@ -91,6 +92,9 @@ struct GenerateOutput {
   // Log-prob of each output token under logits / temperature (temperature 0: logits), fp32
   // values, the trainer's definition.
   std::vector<float> output_logprobs;
+  // With GenerateRequest::top_logprobs_num = k > 0: for each output token, the k most likely
+  // tokens (id, log-prob under the same scaled logits), most likely first, ties by id.
+  std::vector<std::vector<std::pair<int64_t, float>>> output_top_logprobs;
   std::string text;  // decoded output (empty without a tokenizer); stop string trimmed
   FinishReason finish = FinishReason::kLength;
   std::optional<int64_t> matched_token;     // stop token id that ended it
@@ -98,6 +102,16 @@ struct GenerateOutput {
   std::string abort_message;                // why, for kAbort
   std::string weight_version;               // the weights every token was sampled with
   int64_t cached_tokens = 0;                // prompt tokens served from shared/cached KV
+};
+
+// One step of a sample's output (streaming): the output so far. A weight update re-queues
+// requests in flight (see Engine), so a later event may carry a shorter output: the sample
+// restarted from its prompt.
+struct TokenEvent {
+  int64_t sample_index = 0;
+  std::span<const int64_t> output_ids;
+  std::span<const float> output_logprobs;
+  std::span<const std::vector<std::pair<int64_t, float>>> output_top_logprobs;  // or empty
 };
 
 struct GenerateRequest {
@@ -108,6 +122,10 @@ struct GenerateRequest {
   // thread with the engine locked: it must be quick and must not call the engine. Used to
   // start rewards while the rest of the batch still generates.
   std::function<void(const GenerateOutput&)> on_finish;
+  // Called after each sampled token, on the engine's thread with the engine locked (same
+  // rules as on_finish); the last token's event comes before on_finish. For streaming.
+  std::function<void(const TokenEvent&)> on_token;
+  int64_t top_logprobs_num = 0;  // >= 0; see GenerateOutput::output_top_logprobs
 };
 
 struct EngineStats {

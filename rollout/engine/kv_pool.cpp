@@ -40,8 +40,8 @@ void KVPool::resume_storage() {
   const int64_t P = shape_.num_blocks * shape_.block_size;
   for (size_t l = 0; l < k_.size(); ++l) {
     if (k_[l].defined()) continue;
-    k_[l] = at::zeros({shape_.num_kv_heads, P, shape_.head_dim}, options_);  // [Nkv, P, D]
-    v_[l] = at::zeros({shape_.num_kv_heads, P, shape_.head_dim}, options_);  // [Nkv, P, D]
+    k_[l] = at::zeros({P, shape_.num_kv_heads, shape_.head_dim}, options_);  // [P, Nkv, D]
+    v_[l] = at::zeros({P, shape_.num_kv_heads, shape_.head_dim}, options_);  // [P, Nkv, D]
   }
 }
 
@@ -91,8 +91,8 @@ void KVPool::unref(int32_t block) {
 void KVPool::copy_block(int32_t from, int32_t to) {
   const int64_t bs = shape_.block_size;
   for (size_t l = 0; l < k_.size(); ++l) {
-    k_[l].narrow(1, to * bs, bs).copy_(k_[l].narrow(1, from * bs, bs));
-    v_[l].narrow(1, to * bs, bs).copy_(v_[l].narrow(1, from * bs, bs));
+    k_[l].narrow(0, to * bs, bs).copy_(k_[l].narrow(0, from * bs, bs));
+    v_[l].narrow(0, to * bs, bs).copy_(v_[l].narrow(0, from * bs, bs));
   }
 }
 
@@ -238,11 +238,122 @@ std::pair<at::Tensor, at::Tensor> KVPool::append(int64_t layer, int64_t slot, co
   at::Tensor& K = k_[static_cast<size_t>(layer)];
   at::Tensor& V = v_[static_cast<size_t>(layer)];
   at::Tensor fresh = idx.narrow(0, s.length, n);
-  K.index_copy_(1, fresh, k);
-  V.index_copy_(1, fresh, v);
-  return {K.index_select(1, idx), V.index_select(1, idx)};  // [Nkv, L+n, D]
+  K.index_copy_(0, fresh, k.transpose(0, 1));
+  V.index_copy_(0, fresh, v.transpose(0, 1));
+  return {K.index_select(0, idx).transpose(0, 1),
+          V.index_select(0, idx).transpose(0, 1)};  // [Nkv, L+n, D]
 }
 
-void KVPool::commit(int64_t slot, int64_t n) { slots_.at(slot).length += n; }
+void KVPool::commit(int64_t slot, int64_t n) {
+  slots_.at(slot).length += n;
+  plan_.valid = false;
+}
+
+void KVPool::build_plan(const models::PackedBatch& batch, const std::vector<int64_t>& past) {
+  const int64_t bs = shape_.block_size;
+  const size_t S = batch.seq_lens.size();
+  Plan plan;
+  std::vector<int64_t> write, rows;
+  std::vector<size_t> decoding;
+  int64_t offset = 0;
+  for (size_t i = 0; i < S; ++i) {
+    const int64_t n = batch.seq_lens[i];
+    Slot& s = slots_.at(batch.cache_slots[i]);
+    ANVIL_CHECK(s.length == past[i], "KV slot {}: length {} but the forward assumed {}",
+                batch.cache_slots[i], s.length, past[i]);
+    ANVIL_CHECK(blocks_for(s.length + n) <= static_cast<int64_t>(s.blocks.size()),
+                "KV write past reserved blocks ({} tokens, {} blocks)", s.length + n,
+                s.blocks.size());
+    for (int64_t p = s.length; p < s.length + n; ++p) {
+      write.push_back(s.blocks[static_cast<size_t>(p / bs)] * bs + p % bs);
+    }
+    if (n == 1) {
+      decoding.push_back(i);
+      rows.push_back(offset);
+      plan.lmax = std::max(plan.lmax, s.length + 1);
+    } else {
+      plan.chunks.push_back({offset, n, s.length, positions(s, s.length + n)});
+    }
+    offset += n;
+  }
+  const at::Device device = options_.device();
+  plan.tokens = offset;
+  plan.write = at::tensor(write, at::kLong).to(device);
+  plan.decode_count = static_cast<int64_t>(decoding.size());
+  plan.decode_only = decoding.size() == S;
+  if (!decoding.empty()) {
+    const int64_t Sd = plan.decode_count, L = plan.lmax;
+    std::vector<int64_t> gather(static_cast<size_t>(Sd * L), 0);
+    std::vector<uint8_t> mask(static_cast<size_t>(Sd * L), 0);
+    bool padded = false;
+    for (int64_t d = 0; d < Sd; ++d) {
+      const size_t i = decoding[static_cast<size_t>(d)];
+      const Slot& s = slots_.at(batch.cache_slots[i]);
+      const int64_t len = s.length + 1;
+      padded = padded || len != L;
+      for (int64_t p = 0; p < len; ++p) {
+        gather[static_cast<size_t>(d * L + p)] =
+            s.blocks[static_cast<size_t>(p / bs)] * bs + p % bs;
+        mask[static_cast<size_t>(d * L + p)] = 1;
+      }
+    }
+    plan.gather = at::tensor(gather, at::kLong).to(device);
+    if (padded) {
+      plan.mask = at::from_blob(mask.data(), {Sd, 1, 1, L}, at::kByte)
+                      .to(at::TensorOptions().dtype(at::kBool).device(device));
+    }
+    if (!plan.decode_only) plan.decode_rows = at::tensor(rows, at::kLong).to(device);
+  }
+  plan.valid = true;
+  plan_ = std::move(plan);
+}
+
+at::Tensor KVPool::attend(int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                          const at::Tensor& v, const models::PackedBatch& batch,
+                          const std::vector<int64_t>& past, double scale) {
+  ANVIL_CHECK(!storage_released(), "KV cache used while released");
+  const int64_t T = q.size(0), Nq = q.size(1), D = q.size(2), Nkv = k.size(1);
+  if (!plan_.valid || layer == 0) build_plan(batch, past);
+  ANVIL_CHECK(plan_.tokens == T, "KV plan for {} tokens used with {}", plan_.tokens, T);
+  at::Tensor& K = k_[static_cast<size_t>(layer)];  // [P, Nkv, D]
+  at::Tensor& V = v_[static_cast<size_t>(layer)];
+  K.index_copy_(0, plan_.write, k);
+  V.index_copy_(0, plan_.write, v);
+  const bool gqa = Nq != Nkv;
+
+  // Decoding sequences: one padded batched attention over their gathered keys.
+  at::Tensor decoded;  // [Sd, Nq * D]
+  if (plan_.decode_count > 0) {
+    const int64_t Sd = plan_.decode_count, L = plan_.lmax;
+    at::Tensor qd = plan_.decode_only ? q : q.index_select(0, plan_.decode_rows);  // [Sd, Nq, D]
+    at::Tensor kd = K.index_select(0, plan_.gather).view({Sd, L, Nkv, D}).transpose(1, 2);
+    at::Tensor vd = V.index_select(0, plan_.gather).view({Sd, L, Nkv, D}).transpose(1, 2);
+    std::optional<at::Tensor> mask;
+    if (plan_.mask.defined()) mask = plan_.mask;
+    decoded = at::scaled_dot_product_attention(qd.unsqueeze(2), kd, vd, mask, 0.0,
+                                               /*is_causal=*/false, scale, gqa)  // [Sd, Nq, 1, D]
+                  .view({Sd, Nq * D});
+    if (plan_.decode_only) return decoded;
+  }
+  at::Tensor out = at::empty({T, Nq * D}, q.options());  // [T, Nq*D]
+  if (decoded.defined()) out.index_copy_(0, plan_.decode_rows, decoded);
+  // Prefill chunks: query i of a chunk sits at position past + i and sees keys 0..past+i.
+  for (const Plan::Chunk& c : plan_.chunks) {
+    at::Tensor qs = q.narrow(0, c.offset, c.n).transpose(0, 1);  // [Nq, n, D]
+    at::Tensor ks = K.index_select(0, c.index).transpose(0, 1);  // [Nkv, L+n, D]
+    at::Tensor vs = V.index_select(0, c.index).transpose(0, 1);
+    std::optional<at::Tensor> mask;
+    if (c.past > 0) {
+      at::Tensor key_pos = at::arange(c.past + c.n, at::TensorOptions().device(q.device()));
+      at::Tensor query_pos = at::arange(c.n, key_pos.options()) + c.past;
+      mask = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1);  // [n, L+n] bool
+    }
+    at::Tensor o =
+        at::scaled_dot_product_attention(qs.unsqueeze(0), ks.unsqueeze(0), vs.unsqueeze(0), mask,
+                                         0.0, c.past == 0, scale, gqa);  // [1, Nq, n, D]
+    out.narrow(0, c.offset, c.n).copy_(o.squeeze(0).transpose(0, 1).reshape({c.n, Nq * D}));
+  }
+  return out;
+}
 
 }  // namespace anvil::engine

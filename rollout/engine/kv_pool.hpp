@@ -4,7 +4,15 @@
 // blocks, and copy-on-write when a shared block is written.
 //
 // Letters: P = pool positions (num_blocks * block_size), Nkv = key/value heads,
-// D = head_dim, L = cached tokens of a sequence, n = new tokens.
+// D = head_dim, L = cached tokens of a sequence, n = new tokens, T = new tokens of a
+// forward (all sequences), Nq = query heads, Sd = decoding sequences of a forward,
+// Lmax = the longest of their lengths.
+//
+// Attention (attend(), the decoder's batched hook): every sequence that adds one token
+// (decode) attends in ONE batched call: its keys are gathered from the pool through the
+// block tables into a padded [Sd, Nkv, Lmax, D] batch, with a mask when lengths differ.
+// Sequences adding several tokens (prefill chunks) attend one by one with a causal mask
+// offset by their cached length.
 //
 // Not thread-safe: the engine calls it from its step under its own lock.
 #pragma once
@@ -35,7 +43,7 @@ struct KVPoolShape {
 
 class KVPool : public models::KVStore {
  public:
-  // Allocates the pool tensors ([Nkv, P, D] keys and values per layer) with `options`.
+  // Allocates the pool tensors ([P, Nkv, D] keys and values per layer) with `options`.
   KVPool(KVPoolShape shape, const at::TensorOptions& options);
 
   const KVPoolShape& shape() const { return shape_; }
@@ -82,8 +90,32 @@ class KVPool : public models::KVStore {
   std::pair<at::Tensor, at::Tensor> append(int64_t layer, int64_t slot, const at::Tensor& k,
                                            const at::Tensor& v) override;
   void commit(int64_t slot, int64_t n) override;
+  at::Tensor attend(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    const models::PackedBatch& batch, const std::vector<int64_t>& past,
+                    double scale) override;
 
  private:
+  // Index tensors of one forward, built at its first layer and reused by the others;
+  // commit() drops them.
+  struct Plan {
+    bool valid = false;
+    int64_t tokens = 0;
+    at::Tensor write;  // [T] pool position of each new token
+    // Decoding sequences (one new token each).
+    int64_t decode_count = 0, lmax = 0;
+    bool decode_only = false;  // every sequence decodes: rows are 0..T-1 in order
+    at::Tensor decode_rows;    // [Sd] their rows in T
+    at::Tensor gather;         // [Sd * Lmax] pool positions, padded with position 0
+    at::Tensor mask;           // [Sd, 1, 1, Lmax] bool (true = attend); undefined if no pad
+    // The others: row offset, new tokens, cached length, pool positions [L + n].
+    struct Chunk {
+      int64_t offset, n, past;
+      at::Tensor index;
+    };
+    std::vector<Chunk> chunks;
+  };
+  void build_plan(const models::PackedBatch& batch, const std::vector<int64_t>& past);
+
   struct Slot {
     std::vector<int32_t> blocks;
     int64_t length = 0;
@@ -102,8 +134,9 @@ class KVPool : public models::KVStore {
 
   KVPoolShape shape_;
   at::TensorOptions options_;
-  std::vector<at::Tensor> k_, v_;  // per layer [Nkv, P, D]
-  std::vector<int32_t> refs_;      // per block
+  std::vector<at::Tensor> k_, v_;  // per layer [P, Nkv, D]
+  Plan plan_;
+  std::vector<int32_t> refs_;  // per block
   std::vector<int32_t> free_;
   std::unordered_map<int64_t, Slot> slots_;
   std::unordered_map<uint64_t, CacheEntry> cache_;     // chain hash -> block
