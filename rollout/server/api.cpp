@@ -4,7 +4,10 @@
 #include "rollout/data/conversation.hpp"
 #include "rollout/data/tokenizer.hpp"
 
+#include <ATen/ATen.h>
+
 #include <chrono>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <set>
@@ -120,10 +123,46 @@ void openai_sampling(const json& body, engine::SamplingParams& p, const std::str
       bad(std::string(k) + " is not supported (only 0)");
     }
   }
-  if (auto* v = opt(body, "stream"); v != nullptr && boolean(*v, "stream")) {
-    bad("stream is not supported");
-  }
   validate(p, "request");
+}
+
+// stream and stream_options of the OpenAI endpoints.
+void openai_stream(const json& body, OpenAICall& call) {
+  if (auto* v = opt(body, "stream")) call.stream = boolean(*v, "stream");
+  if (auto* v = opt(body, "stream_options")) {
+    if (!v->is_object()) bad("stream_options must be an object");
+    if (auto* u = opt(*v, "include_usage")) {
+      call.include_usage = boolean(*u, "stream_options.include_usage");
+    }
+  }
+}
+
+int8_t base64_value(char c) {
+  if (c >= 'A' && c <= 'Z') return static_cast<int8_t>(c - 'A');
+  if (c >= 'a' && c <= 'z') return static_cast<int8_t>(c - 'a' + 26);
+  if (c >= '0' && c <= '9') return static_cast<int8_t>(c - '0' + 52);
+  if (c == '+' || c == '-') return 62;
+  if (c == '/' || c == '_') return 63;
+  return -1;
+}
+
+std::string base64_decode(const std::string& in, const std::string& name) {
+  std::string out;
+  out.reserve(in.size() * 3 / 4);
+  uint32_t acc = 0;
+  int bits = 0;
+  for (char c : in) {
+    if (c == '=' || c == '\n' || c == '\r') continue;
+    const int8_t v = base64_value(c);
+    if (v < 0) bad(name + " is not base64");
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xff));
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -194,16 +233,10 @@ GenerateCall parse_generate(const json& body, const data::ChatTokenizer& tok) {
   if ((text == nullptr) == (ids == nullptr)) {
     bad("exactly one of text and input_ids must be given");
   }
-  if (auto* v = opt(body, "stream"); v != nullptr && boolean(*v, "stream")) {
-    bad("stream is not supported");
-  }
-  if (auto* v = opt(body, "top_logprobs_num");
-      v != nullptr && integer(*v, "top_logprobs_num") > 0) {
-    bad("top_logprobs_num is not supported");
-  }
+  GenerateCall call;
+  if (auto* v = opt(body, "stream")) call.stream = boolean(*v, "stream");
   if (auto* v = opt(body, "logprob_start_len")) integer(*v, "logprob_start_len");
 
-  GenerateCall call;
   std::vector<std::vector<int64_t>> prompts;
   if (text != nullptr) {
     if (text->is_string()) {
@@ -251,9 +284,20 @@ GenerateCall parse_generate(const json& body, const data::ChatTokenizer& tok) {
       "sampling_params",
       [](const json& j, const std::string& name) { return parse_sampling_params(j, name); },
       engine::SamplingParams{});
-  call.return_logprob = per_item(
+  std::vector<bool> return_logprob = per_item(
       "return_logprob", [](const json& j, const std::string& name) { return boolean(j, name); },
       false);
+  std::vector<bool> return_text = per_item(
+      "return_text_in_logprobs",
+      [](const json& j, const std::string& name) { return boolean(j, name); }, false);
+  std::vector<int64_t> top = per_item(
+      "top_logprobs_num",
+      [](const json& j, const std::string& name) {
+        int64_t k = integer(j, name);
+        if (k < 0) bad(name + " must be >= 0");
+        return k;
+      },
+      int64_t{0});
   std::vector<std::string> rids = per_item(
       "rid", [](const json& j, const std::string& name) { return string(j, name); }, std::string());
   for (size_t i = 0; i < n; ++i) {
@@ -261,6 +305,8 @@ GenerateCall parse_generate(const json& body, const data::ChatTokenizer& tok) {
     r.input_ids = std::move(prompts[i]);
     r.params = params[i];
     r.rid = rids[i].empty() ? random_id() : rids[i];
+    r.top_logprobs_num = return_logprob[i] ? top[i] : 0;
+    call.logprobs.push_back({return_logprob[i], return_text[i], r.top_logprobs_num});
     call.requests.push_back(std::move(r));
   }
   // n > 1 samples of a single input come back as a list, as SGLang's parallel sampling.
@@ -268,30 +314,46 @@ GenerateCall parse_generate(const json& body, const data::ChatTokenizer& tok) {
   return call;
 }
 
-json generate_result(const engine::GenerateOutput& out, bool return_logprob,
-                     const data::ChatTokenizer& tok) {
-  json finish = {{"type", engine::finish_reason_name(out.finish)}};
-  if (out.matched_token) finish["matched"] = *out.matched_token;
-  if (out.matched_stop) finish["matched"] = *out.matched_stop;
-  if (out.finish == engine::FinishReason::kLength) {
-    finish["length"] = out.output_ids.size();
+json generate_result(const engine::GenerateOutput& out, const LogprobOptions& lp,
+                     const data::ChatTokenizer& tok, bool final) {
+  json finish = nullptr;
+  if (final) {
+    finish = {{"type", engine::finish_reason_name(out.finish)}};
+    if (out.matched_token) finish["matched"] = *out.matched_token;
+    if (out.matched_stop) finish["matched"] = *out.matched_stop;
+    if (out.finish == engine::FinishReason::kLength) {
+      finish["length"] = out.output_ids.size();
+    }
+    if (out.finish == engine::FinishReason::kAbort) finish["message"] = out.abort_message;
   }
-  if (out.finish == engine::FinishReason::kAbort) finish["message"] = out.abort_message;
+  auto text_of = [&](int64_t id) -> json {
+    if (!lp.return_text) return nullptr;
+    return token_text(tok, id);
+  };
   json meta = {{"id", out.rid},
                {"finish_reason", finish},
                {"prompt_tokens", out.input_ids.size()},
                {"completion_tokens", out.output_ids.size()},
                {"cached_tokens", out.cached_tokens},
                {"weight_version", out.weight_version}};
-  if (return_logprob) {
+  if (lp.return_logprob) {
     json lps = json::array();
     for (size_t i = 0; i < out.output_ids.size(); ++i) {
-      lps.push_back({out.output_logprobs[i], out.output_ids[i], nullptr});
+      lps.push_back({out.output_logprobs[i], out.output_ids[i], text_of(out.output_ids[i])});
     }
     meta["output_token_logprobs"] = std::move(lps);
     meta["input_token_logprobs"] = json::array();
+    if (lp.top > 0) {
+      json tops = json::array();
+      for (const auto& alternatives : out.output_top_logprobs) {
+        json one = json::array();
+        for (const auto& [id, value] : alternatives) one.push_back({value, id, text_of(id)});
+        tops.push_back(std::move(one));
+      }
+      meta["output_top_logprobs"] = std::move(tops);
+      meta["input_top_logprobs"] = json::array();
+    }
   }
-  (void)tok;
   return {{"text", out.text}, {"output_ids", out.output_ids}, {"meta_info", std::move(meta)}};
 }
 
@@ -308,10 +370,10 @@ OpenAICall parse_completions(const json& body, const data::ChatTokenizer& tok) {
   engine::SamplingParams p;
   p.max_new_tokens = 16;  // OpenAI's default
   openai_sampling(body, p, "max_tokens");
+  openai_stream(body, call);
   if (auto* v = opt(body, "logprobs")) {
     call.logprobs = integer(*v, "logprobs");
-    if (call.logprobs < 0) bad("logprobs must be >= 0");
-    if (call.logprobs > 0) bad("logprobs > 0 (top alternatives) is not supported; use 0");
+    if (call.logprobs < 0 || call.logprobs > 20) bad("logprobs must be in [0, 20]");
   }
   const json* prompt = opt(body, "prompt");
   if (prompt == nullptr) bad("prompt is required");
@@ -338,6 +400,7 @@ OpenAICall parse_completions(const json& body, const data::ChatTokenizer& tok) {
     r.input_ids = std::move(ids);
     r.params = p;
     r.rid = random_id();
+    r.top_logprobs_num = std::max<int64_t>(call.logprobs, 0);
     call.requests.push_back(std::move(r));
   }
   return call;
@@ -364,9 +427,13 @@ OpenAICall parse_chat_completions(const json& body, const data::ChatTokenizer& t
   p.max_new_tokens = std::numeric_limits<int32_t>::max();  // up to the context window
   if (auto* v = opt(body, "max_tokens")) p.max_new_tokens = integer(*v, "max_tokens");
   openai_sampling(body, p, "max_completion_tokens");
+  openai_stream(body, call);
   if (auto* v = opt(body, "logprobs"); v != nullptr && boolean(*v, "logprobs")) call.logprobs = 0;
-  if (auto* v = opt(body, "top_logprobs"); v != nullptr && integer(*v, "top_logprobs") > 0) {
-    bad("top_logprobs is not supported");
+  if (auto* v = opt(body, "top_logprobs")) {
+    const int64_t k = integer(*v, "top_logprobs");
+    if (k < 0 || k > 20) bad("top_logprobs must be in [0, 20]");
+    if (k > 0 && call.logprobs < 0) bad("top_logprobs requires logprobs: true");
+    if (call.logprobs >= 0) call.logprobs = k;
   }
   if (!tok.has_chat_template()) bad("the served model has no chat_template");
   json tools = body.contains("tools") ? body["tools"] : json();
@@ -380,6 +447,7 @@ OpenAICall parse_chat_completions(const json& body, const data::ChatTokenizer& t
   r.input_ids = encode(tok, text, false);
   r.params = p;
   r.rid = random_id();
+  r.top_logprobs_num = std::max<int64_t>(call.logprobs, 0);
   call.requests.push_back(std::move(r));
   return call;
 }
@@ -392,32 +460,7 @@ json completions_response(const OpenAICall& call, const std::vector<engine::Gene
   for (const auto& o : outs) {
     completion_tokens += static_cast<int64_t>(o.output_ids.size());
     if (o.sample_index == 0) prompt_tokens += static_cast<int64_t>(o.input_ids.size());
-    json logprobs = nullptr;
-    if (call.logprobs >= 0) {
-      if (chat) {
-        json content = json::array();
-        for (size_t i = 0; i < o.output_ids.size(); ++i) {
-          content.push_back({{"token", token_text(tok, o.output_ids[i])},
-                             {"logprob", o.output_logprobs[i]},
-                             {"top_logprobs", json::array()}});
-        }
-        logprobs = {{"content", content}};
-      } else {
-        json tokens = json::array(), values = json::array(), offsets = json::array();
-        size_t offset = 0;
-        for (size_t i = 0; i < o.output_ids.size(); ++i) {
-          std::string t = token_text(tok, o.output_ids[i]);
-          tokens.push_back(t);
-          values.push_back(o.output_logprobs[i]);
-          offsets.push_back(offset);
-          offset += t.size();
-        }
-        logprobs = {{"tokens", tokens},
-                    {"token_logprobs", values},
-                    {"top_logprobs", nullptr},
-                    {"text_offset", offsets}};
-      }
-    }
+    json logprobs = openai_logprobs(call, o, tok, chat, 0, o.output_ids.size(), 0);
     json choice = {{"index", index++},
                    {"logprobs", logprobs},
                    {"finish_reason", engine::finish_reason_name(o.finish)}};
@@ -439,6 +482,117 @@ json completions_response(const OpenAICall& call, const std::vector<engine::Gene
            {{"prompt_tokens", prompt_tokens},
             {"completion_tokens", completion_tokens},
             {"total_tokens", prompt_tokens + completion_tokens}}}};
+}
+
+json openai_logprobs(const OpenAICall& call, const engine::GenerateOutput& o,
+                     const data::ChatTokenizer& tok, bool chat, size_t from, size_t to,
+                     size_t text_offset) {
+  if (call.logprobs < 0) return nullptr;
+  auto bytes_of = [](const std::string& t) {
+    json b = json::array();
+    for (unsigned char c : t) b.push_back(static_cast<int>(c));
+    return b;
+  };
+  const bool with_top = call.logprobs > 0 && o.output_top_logprobs.size() >= to;
+  if (chat) {
+    json content = json::array();
+    for (size_t i = from; i < to; ++i) {
+      const std::string t = token_text(tok, o.output_ids[i]);
+      json top = json::array();
+      if (with_top) {
+        for (const auto& [id, value] : o.output_top_logprobs[i]) {
+          const std::string a = token_text(tok, id);
+          top.push_back({{"token", a}, {"logprob", value}, {"bytes", bytes_of(a)}});
+        }
+      }
+      content.push_back({{"token", t},
+                         {"logprob", o.output_logprobs[i]},
+                         {"bytes", bytes_of(t)},
+                         {"top_logprobs", std::move(top)}});
+    }
+    return {{"content", std::move(content)}};
+  }
+  json tokens = json::array(), values = json::array(), offsets = json::array();
+  json tops = with_top ? json::array() : json(nullptr);
+  size_t offset = text_offset;
+  for (size_t i = from; i < to; ++i) {
+    std::string t = token_text(tok, o.output_ids[i]);
+    tokens.push_back(t);
+    values.push_back(o.output_logprobs[i]);
+    offsets.push_back(offset);
+    offset += t.size();
+    if (with_top) {
+      json alternatives = json::object();
+      for (const auto& [id, value] : o.output_top_logprobs[i]) {
+        alternatives[token_text(tok, id)] = value;
+      }
+      tops.push_back(std::move(alternatives));
+    }
+  }
+  return {{"tokens", std::move(tokens)},
+          {"token_logprobs", std::move(values)},
+          {"top_logprobs", std::move(tops)},
+          {"text_offset", std::move(offsets)}};
+}
+
+std::vector<std::pair<std::string, at::Tensor>> parse_named_tensors(const json& body) {
+  if (!body.is_object()) bad("the request body must be a JSON object");
+  const json* items = opt(body, "serialized_named_tensors");
+  if (items == nullptr) bad("serialized_named_tensors is required");
+  std::vector<const json*> lists;
+  if (items->is_array() && !items->empty() && items->at(0).is_array()) {
+    for (const auto& l : *items) lists.push_back(&l);  // one list per tensor-parallel rank
+  } else {
+    lists.push_back(items);
+  }
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (size_t li = 0; li < lists.size(); ++li) {
+    const json& list = *lists[li];
+    if (!list.is_array()) {
+      bad("serialized_named_tensors must be a list of {name, dtype, shape, data} objects (a "
+          "string is SGLang's pickled CUDA IPC form, which only a Python SGLang can read)");
+    }
+    for (size_t i = 0; i < list.size(); ++i) {
+      const std::string where = fmt::format("serialized_named_tensors[{}]", i);
+      const json& t = list[i];
+      if (!t.is_object()) bad(where + " must be an object with name, dtype, shape, data");
+      const json* name = opt(t, "name");
+      const json* dtype = opt(t, "dtype");
+      const json* shape = opt(t, "shape");
+      const json* data = opt(t, "data");
+      if (name == nullptr || dtype == nullptr || shape == nullptr || data == nullptr) {
+        bad(where + " needs name, dtype, shape and data");
+      }
+      const std::string n = string(*name, where + ".name");
+      const std::string d = string(*dtype, where + ".dtype");
+      at::ScalarType type;
+      if (d == "float32") {
+        type = at::kFloat;
+      } else if (d == "bfloat16") {
+        type = at::kBFloat16;
+      } else if (d == "float16") {
+        type = at::kHalf;
+      } else {
+        bad(where + ".dtype must be float32, bfloat16 or float16, got " + d);
+      }
+      std::vector<int64_t> dims = int_list(*shape, where + ".shape");
+      int64_t numel = 1;
+      for (int64_t x : dims) {
+        if (x < 0) bad(where + ".shape has a negative dimension");
+        numel *= x;
+      }
+      std::string bytes = base64_decode(string(*data, where + ".data"), where + ".data");
+      const int64_t want = numel * static_cast<int64_t>(c10::elementSize(type));
+      if (static_cast<int64_t>(bytes.size()) != want) {
+        bad(fmt::format("{}.data holds {} bytes; shape and dtype need {}", where, bytes.size(),
+                        want));
+      }
+      at::Tensor tensor = at::empty(dims, at::TensorOptions().dtype(type));
+      std::memcpy(tensor.data_ptr(), bytes.data(), bytes.size());
+      out.emplace_back(n, std::move(tensor));
+    }
+  }
+  return out;
 }
 
 }  // namespace anvil::server

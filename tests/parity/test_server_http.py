@@ -137,7 +137,8 @@ def test_stop_conditions(srv):
     ({"text": ["a", "b"], "sampling_params": [greedy()]}, "sampling_params has 1 entries"),
     ({"text": ["a", "b"], "rid": ["x"]}, "rid has 1 entries"),
     ({"text": "a", "return_logprob": "yes"}, "return_logprob"),
-    ({"text": "a", "stream": True}, "stream"),
+    ({"text": "a", "stream": "yes"}, "stream"),
+    ({"text": "a", "return_logprob": True, "top_logprobs_num": -1}, "top_logprobs_num"),
     ({"input_ids": list(range(1, 300)) * 20}, "context window"),
 ])
 def test_bad_generate_requests(srv, body, needle):
