@@ -6,8 +6,11 @@
 #include <ATen/ATen.h>
 
 #define USE_C10D_GLOO 1
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <fmt/ranges.h>
 
 #include <functional>
 
@@ -17,6 +20,23 @@ namespace {
 struct Done final : PendingCollective {
   void wait() override {}
 };
+
+// Validates a sub-group's ranks (ascending, within [0, world), holding `rank`) and returns
+// `rank`'s index among them.
+int check_group(const std::vector<int>& ranks, int rank, int world, const std::string& tag) {
+  if (ranks.empty()) fail("rank {}: sub-group '{}' has no ranks", rank, tag);
+  int index = -1;
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    if (ranks[i] < 0 || ranks[i] >= world || (i > 0 && ranks[i] <= ranks[i - 1]))
+      fail("rank {}: sub-group '{}' ranks must be ascending and within [0, {}), got {}", rank, tag,
+           world, fmt::join(ranks, ","));
+    if (ranks[i] == rank) index = static_cast<int>(i);
+  }
+  if (index < 0)
+    fail("rank {}: sub-group '{}' [{}] does not include this rank", rank, tag,
+         fmt::join(ranks, ","));
+  return index;
+}
 
 class LocalCommunicator final : public Communicator {
  public:
@@ -34,6 +54,11 @@ class LocalCommunicator final : public Communicator {
   void all_reduce(at::Tensor&) override {}
   void broadcast(at::Tensor&, int) override {}
   void barrier() override {}
+  std::shared_ptr<Communicator> new_group(const std::vector<int>& ranks,
+                                          const std::string& tag) override {
+    check_group(ranks, 0, 1, tag);
+    return std::make_shared<LocalCommunicator>();
+  }
 };
 
 // Error text for a failed collective: names the rank, the operation and its size.
@@ -77,6 +102,16 @@ class PendingWork final : public PendingCollective {
 // current CUDA device and copied back.
 class C10dCommunicator final : public Communicator {
  public:
+  // A sub-group over `store` (a prefix of the parent's store); o.rank/world_size are the
+  // rank and size within the sub-group.
+  C10dCommunicator(const CommOptions& o, c10::intrusive_ptr<c10d::Store> store) : o_(o) {
+    store_ = std::move(store);
+    try {
+      make_backend();
+    } catch (const std::exception& e) {
+      fail("rank {}: creating a sub-group of {} failed: {}", o.rank, o.world_size, e.what());
+    }
+  }
   explicit C10dCommunicator(const CommOptions& o) : o_(o) {
     c10d::TCPStoreOptions so;
     so.port = static_cast<uint16_t>(o.master_port);
@@ -87,14 +122,7 @@ class C10dCommunicator final : public Communicator {
     so.useLibUV = false;
     try {
       store_ = c10::make_intrusive<c10d::TCPStore>(o.master_addr, so);
-      if (o.backend == CommBackend::Nccl) {
-        stage_ = true;
-        pg_ = make_nccl_backend(store_, o.rank, o.world_size, o.timeout);
-      } else {
-        auto opts = c10d::ProcessGroupGloo::Options::create(o.timeout);
-        opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(o.master_addr));
-        pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store_, o.rank, o.world_size, opts);
-      }
+      make_backend();
     } catch (const anvil::Error& e) {
       fail("rank {}: joining the group of {} at {}:{} failed: {}", o.rank, o.world_size,
            o.master_addr, o.master_port, e.what());
@@ -105,6 +133,16 @@ class C10dCommunicator final : public Communicator {
   }
   int rank() const override { return o_.rank; }
   int size() const override { return o_.world_size; }
+
+  std::shared_ptr<Communicator> new_group(const std::vector<int>& ranks,
+                                          const std::string& tag) override {
+    CommOptions so = o_;
+    so.rank = check_group(ranks, o_.rank, o_.world_size, tag);
+    so.world_size = static_cast<int>(ranks.size());
+    if (so.world_size == 1) return Communicator::create(so);
+    return std::make_shared<C10dCommunicator>(
+        so, c10::make_intrusive<c10d::PrefixStore>("subgroup/" + tag, store_));
+  }
 
   void all_gather(at::Tensor& out, const at::Tensor& in) override {
     all_gather_async(out, in)->wait();
@@ -185,6 +223,16 @@ class C10dCommunicator final : public Communicator {
     return std::make_unique<PendingWork>(o_, op, bytes, std::move(work), std::move(finish));
   }
   at::Device device() const { return at::Device(at::kCUDA, device_index()); }
+  void make_backend() {
+    if (o_.backend == CommBackend::Nccl) {
+      stage_ = true;
+      pg_ = make_nccl_backend(store_, o_.rank, o_.world_size, o_.timeout);
+    } else {
+      auto opts = c10d::ProcessGroupGloo::Options::create(o_.timeout);
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(o_.master_addr));
+      pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store_, o_.rank, o_.world_size, opts);
+    }
+  }
 
   CommOptions o_;
   bool stage_ = false;
@@ -193,6 +241,12 @@ class C10dCommunicator final : public Communicator {
 };
 
 }  // namespace
+
+std::shared_ptr<Communicator> Communicator::new_group(const std::vector<int>& ranks,
+                                                      const std::string& tag) {
+  (void)ranks;
+  fail("rank {}: this communicator cannot create sub-group '{}'", rank(), tag);
+}
 
 std::shared_ptr<Communicator> Communicator::create(const CommOptions& o) {
   if (o.world_size < 1) fail("world size must be >= 1, got {}", o.world_size);

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace anvil::dist {
 
@@ -60,6 +61,15 @@ class Communicator {
   virtual void all_reduce(at::Tensor& t) = 0;
   virtual void broadcast(at::Tensor& t, int root) = 0;
   virtual void barrier() = 0;
+
+  // A sub-group of this group (the tensor/data-parallel groups of a process mesh):
+  // `ranks` are ranks of this group, ascending, this rank among them; the new group's rank
+  // is this rank's index in `ranks`. Every rank of `ranks` calls it with the same ranks and
+  // `tag` (unique per sub-group); other ranks do not. The sub-group rendezvouses through
+  // this group's store under the prefix `tag` and has its own c10d backend of the same
+  // kind, with the same timeout and error naming.
+  virtual std::shared_ptr<Communicator> new_group(const std::vector<int>& ranks,
+                                                  const std::string& tag);
 };
 
 }  // namespace anvil::dist

@@ -1,0 +1,1056 @@
+#include "backends/megatron/megatron.hpp"
+
+#include "backends/common/error.hpp"
+#include "backends/common/json_util.hpp"
+#include "backends/common/log.hpp"
+#include "backends/models/dtype.hpp"
+#include "backends/models/rope.hpp"
+#include "backends/models/safetensors.hpp"
+#include "backends/models/weights.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/ranges.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <unordered_map>
+
+namespace anvil::megatron {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// ---------------------------------------------------------------------------------------
+// Mesh
+
+Mesh Mesh::create(std::shared_ptr<dist::Communicator> world, int tp_size, int pp_size) {
+  if (pp_size != 1)
+    fail(
+        "--pipeline-model-parallel-size {}: pipeline parallelism is not implemented by the "
+        "megatron backend (use 1)",
+        pp_size);
+  const int W = world->size();
+  if (tp_size < 1 || W % tp_size != 0)
+    fail("--tensor-model-parallel-size {} must be >= 1 and divide the world size {}", tp_size, W);
+  Mesh m;
+  m.tp_size = tp_size;
+  m.dp_size = W / tp_size;
+  m.tp_rank = world->rank() % tp_size;
+  m.dp_rank = world->rank() / tp_size;
+  std::vector<int> tp_ranks, dp_ranks;
+  for (int t = 0; t < tp_size; ++t) tp_ranks.push_back(m.dp_rank * tp_size + t);
+  for (int d = 0; d < m.dp_size; ++d) dp_ranks.push_back(d * tp_size + m.tp_rank);
+  m.tp = world->new_group(tp_ranks, fmt::format("tp{}-of-{}", m.dp_rank, tp_size));
+  m.dp = world->new_group(dp_ranks, fmt::format("dp{}-of-{}", m.tp_rank, tp_size));
+  m.world = std::move(world);
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------
+// Tensor-parallel autograd functions (Megatron's f and g operators)
+
+namespace {
+
+struct CommRef : torch::CustomClassHolder {
+  dist::Communicator* comm = nullptr;
+};
+
+c10::intrusive_ptr<CommRef> ref(dist::Communicator& c) {
+  auto r = c10::make_intrusive<CommRef>();
+  r->comm = &c;
+  return r;
+}
+
+dist::Communicator& comm_of(AutogradContext* ctx) {
+  return *c10::static_intrusive_pointer_cast<CommRef>(ctx->saved_data["comm"].toCapsule())->comm;
+}
+
+// f: identity forward, all-reduce of the gradient over TP in backward (the input of a
+// column-parallel layer).
+struct CopyToTp : public torch::autograd::Function<CopyToTp> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x,
+                            c10::intrusive_ptr<CommRef> c) {
+    ctx->saved_data["comm"] = c10::IValue::make_capsule(std::move(c));
+    return x.view_as(x);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::Tensor g = grads[0].contiguous().clone();
+    comm_of(ctx).all_reduce(g);
+    return {g, at::Tensor()};
+  }
+};
+
+// g: all-reduce (sum) over TP forward, identity backward (the output of a row-parallel
+// layer, the vocab-parallel embedding).
+struct ReduceFromTp : public torch::autograd::Function<ReduceFromTp> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x,
+                            c10::intrusive_ptr<CommRef> c) {
+    (void)ctx;
+    at::Tensor out = x.contiguous().clone();
+    c->comm->all_reduce(out);
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    (void)ctx;
+    return {grads[0], at::Tensor()};
+  }
+};
+
+at::Tensor copy_to_tp(const at::Tensor& x, dist::Communicator& tp) {
+  if (tp.size() == 1) return x;
+  return CopyToTp::apply(x, ref(tp));
+}
+
+at::Tensor reduce_from_tp(const at::Tensor& x, dist::Communicator& tp) {
+  if (tp.size() == 1) return x;
+  return ReduceFromTp::apply(x, ref(tp));
+}
+
+// Per-row maximum over the TP group of `local` ([n]): all-gather, then max.
+at::Tensor tp_max(const at::Tensor& local, dist::Communicator& tp) {
+  if (tp.size() == 1) return local;
+  at::Tensor all = at::empty({tp.size() * local.numel()}, local.options());
+  tp.all_gather(all, local.contiguous());
+  return std::get<0>(all.view({tp.size(), local.numel()}).max(0));
+}
+
+// Vocab-parallel log-probs / entropy (Megatron's VocabParallelCrossEntropy, with entropy
+// and chunking as train::token_logprobs). Each rank holds head rows [vb, vb + Vl). With z
+// the scaled logits of a row: lse = m + log(sum exp(z - m)), lp = z[y] - lse,
+// H = lse - E_p[z]; the statistics are reduced over TP chunk by chunk. The gradient of
+// hidden is this rank's partial sum (the caller's CopyToTp all-reduces it).
+struct VocabParallelLogProb : public torch::autograd::Function<VocabParallelLogProb> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& hidden,
+                               const at::Tensor& head, const at::Tensor& targets,
+                               double temperature, int64_t chunk, bool with_entropy,
+                               int64_t vocab_begin, c10::intrusive_ptr<CommRef> c) {
+    dist::Communicator& tp = *c->comm;
+    const int64_t T = hidden.size(0), Vl = head.size(0);
+    auto f32 = hidden.options().dtype(at::kFloat);
+    at::Tensor logprobs = at::empty({T}, f32), lse = at::empty({T}, f32);
+    at::Tensor entropy = with_entropy ? at::empty({T}, f32) : at::empty({0}, f32);
+    at::Tensor mean_z = with_entropy ? at::empty({T}, f32) : at::empty({0}, f32);
+    at::Tensor local_t = targets - vocab_begin;
+    at::Tensor in_range = (local_t >= 0) & (local_t < Vl);
+    at::Tensor safe_t = at::where(in_range, local_t, at::zeros_like(local_t));
+    for (int64_t start = 0; start < T; start += chunk) {
+      const int64_t n = std::min(chunk, T - start);
+      at::Tensor z = at::linear(hidden.narrow(0, start, n), head).to(at::kFloat);  // [n, Vl]
+      if (temperature != 1.0) z = z / temperature;
+      at::Tensor m = tp_max(std::get<0>(z.max(-1)), tp);  // [n]
+      at::Tensor e = (z - m.unsqueeze(1)).exp();
+      at::Tensor zy = z.gather(1, safe_t.narrow(0, start, n).unsqueeze(1)).squeeze(1) *
+                      in_range.narrow(0, start, n).to(at::kFloat);
+      std::vector<at::Tensor> parts{e.sum(-1), zy};
+      if (with_entropy) parts.push_back((e * z).sum(-1));
+      at::Tensor stats = at::stack(parts, 0);  // [2 or 3, n]
+      if (tp.size() > 1) tp.all_reduce(stats);
+      at::Tensor l = m + stats[0].log();
+      lse.narrow(0, start, n).copy_(l);
+      logprobs.narrow(0, start, n).copy_(stats[1] - l);
+      if (with_entropy) {
+        at::Tensor ez = stats[2] / stats[0];
+        mean_z.narrow(0, start, n).copy_(ez);
+        entropy.narrow(0, start, n).copy_(l - ez);
+      }
+    }
+    ctx->save_for_backward({hidden, head, safe_t, in_range, lse, mean_z});
+    ctx->saved_data["temperature"] = temperature;
+    ctx->saved_data["chunk"] = chunk;
+    ctx->set_materialize_grads(false);
+    return {logprobs, entropy};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &hidden = saved[0], &head = saved[1], &safe_t = saved[2];
+    const at::Tensor &in_range = saved[3], &lse = saved[4], &mean_z = saved[5];
+    const double temperature = ctx->saved_data["temperature"].toDouble();
+    const int64_t chunk = ctx->saved_data["chunk"].toInt();
+    const at::Tensor& g_lp = grads[0];
+    const at::Tensor& g_ent = grads[1];
+    const bool want_h = ctx->needs_input_grad(0), want_w = ctx->needs_input_grad(1);
+    const int64_t T = hidden.size(0);
+    at::Tensor grad_h, grad_w;
+    if (want_h) grad_h = at::empty_like(hidden);
+    if (want_w) grad_w = at::zeros(head.sizes(), head.options().dtype(at::kFloat));
+    for (int64_t start = 0; start < T; start += chunk) {
+      const int64_t n = std::min(chunk, T - start);
+      at::Tensor z = at::linear(hidden.narrow(0, start, n), head).to(at::kFloat);
+      if (temperature != 1.0) z = z / temperature;
+      at::Tensor p = (z - lse.narrow(0, start, n).unsqueeze(1)).exp_();  // [n, Vl]
+      at::Tensor gz = at::zeros_like(z);
+      if (g_lp.defined()) {
+        at::Tensor g = g_lp.narrow(0, start, n).unsqueeze(1);  // [n, 1]
+        gz.sub_(p * g);
+        gz.scatter_add_(1, safe_t.narrow(0, start, n).unsqueeze(1),
+                        g * in_range.narrow(0, start, n).unsqueeze(1).to(at::kFloat));
+      }
+      if (g_ent.defined() && g_ent.numel() > 0) {
+        at::Tensor g = g_ent.narrow(0, start, n).unsqueeze(1);
+        gz.add_(p * (mean_z.narrow(0, start, n).unsqueeze(1) - z) * g);
+      }
+      if (temperature != 1.0) gz.div_(temperature);
+      at::Tensor gl = gz.to(head.scalar_type());
+      if (want_h) grad_h.narrow(0, start, n).copy_(at::matmul(gl, head));
+      if (want_w) grad_w.add_(at::matmul(gl.t(), hidden.narrow(0, start, n)).to(at::kFloat));
+    }
+    if (want_w) grad_w = grad_w.to(head.scalar_type());
+    return {grad_h,       grad_w,       at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+bool ends_with(const std::string& s, const char* suffix) {
+  const size_t n = std::strlen(suffix);
+  return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// MegatronModel
+
+struct LayerInputs {
+  models::PackedBatch batch;
+  at::Tensor cos, sin;  // [T, D]
+};
+
+struct MegatronModel::Impl {
+  Mesh mesh;
+  models::ModelConfig config;
+  at::ScalarType dtype = at::kFloat;
+  at::Device device{at::kCPU};
+  std::unique_ptr<models::Rope> rope;
+  std::vector<ShardSpec> specs;
+  std::vector<at::Tensor> params;
+  std::unordered_map<std::string, int> index;
+  bool checkpointing = false;
+  int64_t nq = 0, nkv = 0;  // local heads
+
+  struct Layer {
+    int input_norm, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, q_norm, k_norm, post_norm, gate_w,
+        gate_b, up_w, up_b, down_w, down_b;
+  };
+  std::vector<Layer> layers;
+  int embed = -1, final_norm = -1, lm_head = -1;
+
+  dist::Communicator& tp() const { return *mesh.tp; }
+  const at::Tensor& p(int i) const {
+    static const at::Tensor kUndefined;
+    return i < 0 ? kUndefined : params[static_cast<size_t>(i)];
+  }
+  int find(const std::string& name) const {
+    auto it = index.find(name);
+    return it == index.end() ? -1 : it->second;
+  }
+  const ShardSpec& embed_spec() const { return specs[static_cast<size_t>(embed)]; }
+  int head_index() const { return lm_head >= 0 ? lm_head : embed; }
+
+  std::vector<at::Tensor> layer_parameters(int l) const {
+    const Layer& w = layers[static_cast<size_t>(l)];
+    std::vector<at::Tensor> out;
+    for (int i : {w.input_norm, w.q_w, w.q_b, w.k_w, w.k_b, w.v_w, w.v_b, w.o_w, w.o_b, w.q_norm,
+                  w.k_norm, w.post_norm, w.gate_w, w.gate_b, w.up_w, w.up_b, w.down_w, w.down_b})
+      if (i >= 0) out.push_back(params[static_cast<size_t>(i)]);
+    return out;
+  }
+
+  // Self-attention of this rank's heads over a packed batch (no KV cache); returns the
+  // row-parallel o_proj's partial output [T, H] (before the TP reduction).
+  at::Tensor attention(const Layer& w, const at::Tensor& x, const LayerInputs& in) const {
+    const int64_t T = x.size(0), D = config.head_dim;
+    at::Tensor q = at::linear(x, p(w.q_w), p(w.q_b)).view({T, nq, D});
+    at::Tensor k = at::linear(x, p(w.k_w), p(w.k_b)).view({T, nkv, D});
+    at::Tensor v = at::linear(x, p(w.v_w), p(w.v_b)).view({T, nkv, D});
+    if (config.qk_norm) {
+      q = models::rms_norm(q, p(w.q_norm), config.rms_norm_eps);
+      k = models::rms_norm(k, p(w.k_norm), config.rms_norm_eps);
+    }
+    q = models::apply_rotary(q, in.cos, in.sin);
+    k = models::apply_rotary(k, in.cos, in.sin);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+    const bool gqa = nq != nkv;
+    const auto& lens = in.batch.seq_lens;
+    const int64_t S = static_cast<int64_t>(lens.size());
+    at::Tensor attn;
+    if (S > 1 && std::all_of(lens.begin(), lens.end(), [&](int64_t n) { return n == lens[0]; })) {
+      const int64_t n = lens[0];
+      auto heads_first = [&](const at::Tensor& t, int64_t h) {
+        return t.view({S, n, h, D}).transpose(1, 2);
+      };
+      at::Tensor o = at::scaled_dot_product_attention(heads_first(q, nq), heads_first(k, nkv),
+                                                      heads_first(v, nkv), std::nullopt, 0.0, true,
+                                                      scale, gqa);
+      attn = o.transpose(1, 2).reshape({T, nq * D});
+    } else {
+      std::vector<at::Tensor> outs;
+      int64_t off = 0;
+      for (int64_t n : lens) {
+        at::Tensor o = at::scaled_dot_product_attention(
+            q.narrow(0, off, n).transpose(0, 1).unsqueeze(0),
+            k.narrow(0, off, n).transpose(0, 1).unsqueeze(0),
+            v.narrow(0, off, n).transpose(0, 1).unsqueeze(0), std::nullopt, 0.0, true, scale, gqa);
+        outs.push_back(o.squeeze(0).transpose(0, 1).reshape({n, nq * D}));
+        off += n;
+      }
+      attn = outs.size() == 1 ? outs[0] : at::cat(outs, 0);
+    }
+    return at::linear(attn, p(w.o_w));
+  }
+
+  at::Tensor layer_forward(int l, const at::Tensor& h, const LayerInputs& in) const {
+    const Layer& w = layers[static_cast<size_t>(l)];
+    dist::Communicator& c = tp();
+    at::Tensor x = copy_to_tp(models::rms_norm(h, p(w.input_norm), config.rms_norm_eps), c);
+    at::Tensor a = reduce_from_tp(attention(w, x, in), c);
+    if (w.o_b >= 0) a = a + p(w.o_b);
+    at::Tensor out = h + a;
+    x = copy_to_tp(models::rms_norm(out, p(w.post_norm), config.rms_norm_eps), c);
+    at::Tensor gate = at::silu(at::linear(x, p(w.gate_w), p(w.gate_b)));
+    at::Tensor up = at::linear(x, p(w.up_w), p(w.up_b));
+    at::Tensor m = reduce_from_tp(at::linear(gate * up, p(w.down_w)), c);
+    if (w.down_b >= 0) m = m + p(w.down_b);
+    return out + m;
+  }
+};
+
+namespace {
+
+// Per-layer recomputation (--gradient-checkpointing) with the layer's TP collectives run
+// again in backward (every TP rank recomputes the same layers in the same order).
+struct LayerCall : torch::CustomClassHolder {
+  const MegatronModel::Impl* model = nullptr;
+  int layer = 0;
+  std::shared_ptr<const LayerInputs> inputs;
+};
+
+struct RecomputedLayer : public torch::autograd::Function<RecomputedLayer> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h, at::TensorList params,
+                            c10::intrusive_ptr<LayerCall> call) {
+    (void)params;
+    ctx->save_for_backward({h});
+    at::Tensor out = call->model->layer_forward(call->layer, h, *call->inputs);
+    ctx->saved_data["call"] = c10::IValue::make_capsule(std::move(call));
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto call = c10::static_intrusive_pointer_cast<LayerCall>(ctx->saved_data["call"].toCapsule());
+    std::vector<at::Tensor> wrt{ctx->get_saved_variables()[0].detach().requires_grad_(true)};
+    for (const at::Tensor& t : call->model->layer_parameters(call->layer)) wrt.push_back(t);
+    at::Tensor out;
+    {
+      at::AutoGradMode enable(true);
+      out = call->model->layer_forward(call->layer, wrt[0], *call->inputs);
+    }
+    std::vector<at::Tensor> g = torch::autograd::grad({out}, wrt, {grads[0]}, false, false, true);
+    g.push_back(at::Tensor());
+    return g;
+  }
+};
+
+}  // namespace
+
+MegatronModel::MegatronModel(Mesh mesh, const std::filesystem::path& dir,
+                             at::ScalarType compute_dtype, const at::Device& device)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  m.mesh = std::move(mesh);
+  m.config = models::ModelConfig::load(dir);
+  m.dtype = compute_dtype;
+  m.device = device;
+  m.rope = std::make_unique<models::Rope>(m.config);
+  const auto& c = m.config;
+  const int64_t T = m.mesh.tp_size, r = m.mesh.tp_rank;
+  const std::string cfg = (dir / "config.json").string();
+  if (c.num_attention_heads % T != 0)
+    fail("{}: num_attention_heads {} does not divide by --tensor-model-parallel-size {}", cfg,
+         c.num_attention_heads, T);
+  if (c.num_key_value_heads % T != 0)
+    fail(
+        "{}: num_key_value_heads {} does not divide by --tensor-model-parallel-size {} "
+        "(replicating key-value heads is not implemented)",
+        cfg, c.num_key_value_heads, T);
+  if (c.intermediate_size % T != 0)
+    fail("{}: intermediate_size {} does not divide by --tensor-model-parallel-size {}", cfg,
+         c.intermediate_size, T);
+  const int64_t vocab_part = (c.vocab_size + T - 1) / T;
+  if ((T - 1) * vocab_part >= c.vocab_size)
+    fail("{}: vocab_size {} is too small for --tensor-model-parallel-size {}", cfg, c.vocab_size,
+         T);
+  m.nq = c.num_attention_heads / T;
+  m.nkv = c.num_key_value_heads / T;
+
+  auto reader = models::CheckpointReader::open(dir);
+  auto opts = at::TensorOptions().dtype(compute_dtype).device(device);
+  for (const models::ParamSpec& ps : models::parameter_specs(c)) {
+    ShardSpec s;
+    s.name = ps.name;
+    s.full = ps.shape;
+    const std::string& n = ps.name;
+    if (n == "model.embed_tokens.weight" || n == "lm_head.weight") {
+      s.split = Split::kVocab;
+    } else if (n.find(".q_proj.") != std::string::npos || n.find(".k_proj.") != std::string::npos ||
+               n.find(".v_proj.") != std::string::npos ||
+               n.find(".gate_proj.") != std::string::npos ||
+               n.find(".up_proj.") != std::string::npos) {
+      s.split = Split::kColumn;
+    } else if (ends_with(n, "o_proj.weight") || ends_with(n, "down_proj.weight")) {
+      s.split = Split::kRow;
+    } else {
+      s.split = Split::kReplicated;
+      s.reduce_grad_over_tp = ends_with(n, "q_norm.weight") || ends_with(n, "k_norm.weight");
+    }
+    s.local = s.full;
+    if (T > 1 && s.split != Split::kReplicated) {
+      const size_t d = s.split == Split::kRow ? 1 : 0;
+      const int64_t part = s.split == Split::kVocab ? vocab_part : s.full[d] / T;
+      s.begin = std::min(s.full[d], r * part);
+      s.end = std::min(s.full[d], (r + 1) * part);
+      s.local[d] = s.end - s.begin;
+    } else {
+      s.end = s.full.empty() ? 0 : s.full[s.split == Split::kRow ? 1 : 0];
+    }
+    if (!reader.contains(n)) fail("{}: tensor '{}' is missing", dir.string(), n);
+    const auto& info = reader.info(n);
+    if (info.shape != s.full)
+      fail("{}: tensor '{}' has shape [{}], config.json implies [{}]", dir.string(), n,
+           fmt::join(info.shape, ", "), fmt::join(s.full, ", "));
+    at::Tensor t;
+    if (T == 1 || s.split == Split::kReplicated)
+      t = reader.load(n);
+    else if (s.split == Split::kRow)
+      t = reader.load(n).narrow(1, s.begin, s.end - s.begin);
+    else
+      t = reader.load_rows(n, s.begin, s.end);
+    m.index[n] = static_cast<int>(m.specs.size());
+    m.params.push_back(t.to(opts).contiguous().clone());
+    m.specs.push_back(std::move(s));
+  }
+  m.embed = m.find("model.embed_tokens.weight");
+  m.final_norm = m.find("model.norm.weight");
+  m.lm_head = m.find("lm_head.weight");
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    m.layers.push_back(Impl::Layer{
+        m.find(p + "input_layernorm.weight"), m.find(p + "self_attn.q_proj.weight"),
+        m.find(p + "self_attn.q_proj.bias"), m.find(p + "self_attn.k_proj.weight"),
+        m.find(p + "self_attn.k_proj.bias"), m.find(p + "self_attn.v_proj.weight"),
+        m.find(p + "self_attn.v_proj.bias"), m.find(p + "self_attn.o_proj.weight"),
+        m.find(p + "self_attn.o_proj.bias"), m.find(p + "self_attn.q_norm.weight"),
+        m.find(p + "self_attn.k_norm.weight"), m.find(p + "post_attention_layernorm.weight"),
+        m.find(p + "mlp.gate_proj.weight"), m.find(p + "mlp.gate_proj.bias"),
+        m.find(p + "mlp.up_proj.weight"), m.find(p + "mlp.up_proj.bias"),
+        m.find(p + "mlp.down_proj.weight"), m.find(p + "mlp.down_proj.bias")});
+  }
+  ANVIL_CHECK(m.embed >= 0 && m.final_norm >= 0);
+}
+
+MegatronModel::~MegatronModel() = default;
+
+const models::ModelConfig& MegatronModel::config() const { return impl_->config; }
+const Mesh& MegatronModel::mesh() const { return impl_->mesh; }
+const std::vector<ShardSpec>& MegatronModel::shard_specs() const { return impl_->specs; }
+std::vector<at::Tensor>& MegatronModel::parameters() { return impl_->params; }
+at::ScalarType MegatronModel::dtype() const { return impl_->dtype; }
+at::Device MegatronModel::device() const { return impl_->device; }
+void MegatronModel::set_gradient_checkpointing(bool on) { impl_->checkpointing = on; }
+
+at::Tensor MegatronModel::forward_hidden(const models::PackedBatch& batch) const {
+  const Impl& m = *impl_;
+  const int64_t T = batch.tokens.size(0);
+  const int64_t total = std::accumulate(batch.seq_lens.begin(), batch.seq_lens.end(), int64_t{0});
+  if (total != T || batch.positions.size(0) != T)
+    fail("PackedBatch: {} tokens, {} positions, sequence lengths summing to {}", T,
+         batch.positions.size(0), total);
+  if (T > 0) {
+    const int64_t lo = batch.tokens.min().item<int64_t>(), hi = batch.tokens.max().item<int64_t>();
+    if (lo < 0 || hi >= m.config.vocab_size)
+      fail("token id out of range [0, {}): found {}", m.config.vocab_size, lo < 0 ? lo : hi);
+  }
+  // Rotary tables as DecoderModel::forward_hidden builds them.
+  auto in = std::make_shared<LayerInputs>();
+  in->batch = batch;
+  at::Tensor pos_cpu = batch.positions.to(at::kCPU);
+  const int64_t* pos = pos_cpu.data_ptr<int64_t>();
+  std::vector<at::Tensor> cos_parts, sin_parts;
+  if (m.config.rope.type == "dynamic") {
+    int64_t off = 0;
+    for (int64_t n : batch.seq_lens) {
+      const int64_t max_pos = *std::max_element(pos + off, pos + off + n);
+      auto [c, s] = m.rope->cos_sin(batch.positions.narrow(0, off, n), m.dtype, max_pos + 1);
+      cos_parts.push_back(c);
+      sin_parts.push_back(s);
+      off += n;
+    }
+  } else if (T > 0) {
+    auto [c, s] = m.rope->cos_sin(batch.positions, m.dtype, *std::max_element(pos, pos + T) + 1);
+    cos_parts.push_back(c);
+    sin_parts.push_back(s);
+  }
+  in->cos = cos_parts.size() == 1 ? cos_parts[0] : at::cat(cos_parts, 0);
+  in->sin = sin_parts.size() == 1 ? sin_parts[0] : at::cat(sin_parts, 0);
+
+  // Vocab-parallel embedding: rows outside this rank's slice contribute zero.
+  const ShardSpec& es = m.embed_spec();
+  const at::Tensor& E = m.p(m.embed);
+  at::Tensor h;
+  if (m.mesh.tp_size == 1) {
+    h = at::embedding(E, batch.tokens);
+  } else {
+    at::Tensor local = batch.tokens - es.begin;
+    at::Tensor ok = (local >= 0) & (local < es.end - es.begin);
+    at::Tensor emb = at::embedding(E, at::where(ok, local, at::zeros_like(local)));
+    h = reduce_from_tp(emb * ok.unsqueeze(1).to(emb.scalar_type()), m.tp());
+  }
+  const bool recompute = m.checkpointing && at::GradMode::is_enabled();
+  for (size_t l = 0; l < m.layers.size(); ++l) {
+    if (recompute) {
+      auto call = c10::make_intrusive<LayerCall>();
+      call->model = &m;
+      call->layer = static_cast<int>(l);
+      call->inputs = in;
+      std::vector<at::Tensor> ps = m.layer_parameters(static_cast<int>(l));
+      h = RecomputedLayer::apply(h, at::TensorList(ps), std::move(call));
+    } else {
+      h = m.layer_forward(static_cast<int>(l), h, *in);
+    }
+  }
+  return models::rms_norm(h, m.p(m.final_norm), m.config.rms_norm_eps);
+}
+
+train::LogProbResult MegatronModel::token_logprobs(const at::Tensor& hidden,
+                                                   const at::Tensor& targets,
+                                                   const train::LogProbOptions& options) const {
+  const Impl& m = *impl_;
+  const at::Tensor& head = m.p(m.head_index());
+  if (hidden.dim() != 2 || hidden.size(1) != head.size(1))
+    fail("token_logprobs: hidden [{}] and the head slice [{}] do not match",
+         fmt::join(hidden.sizes(), ", "), fmt::join(head.sizes(), ", "));
+  if (targets.dim() != 1 || targets.size(0) != hidden.size(0))
+    fail("token_logprobs: {} targets for {} hidden rows", targets.numel(), hidden.size(0));
+  if (!(options.temperature > 0))
+    fail("token_logprobs: temperature must be > 0, got {}", options.temperature);
+  if (hidden.size(0) > 0) {
+    const int64_t lo = targets.min().item<int64_t>(), hi = targets.max().item<int64_t>();
+    if (lo < 0 || hi >= m.config.vocab_size)
+      fail("token_logprobs: target id {} outside [0, {})", lo < 0 ? lo : hi, m.config.vocab_size);
+  }
+  const ShardSpec& hs = m.specs[static_cast<size_t>(m.head_index())];
+  at::Tensor t = targets.to(hidden.device(), at::kLong);
+  at::Tensor h = copy_to_tp(hidden, m.tp());
+  variable_list out = VocabParallelLogProb::apply(h, head, t, options.temperature,
+                                                  std::max<int64_t>(1, options.chunk_tokens),
+                                                  options.with_entropy, hs.begin, ref(m.tp()));
+  train::LogProbResult r;
+  r.logprobs = out[0];
+  if (options.with_entropy) r.entropy = out[1];
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------
+// MegatronTrainer: distributed optimizer and the training loop
+
+namespace {
+
+struct Shard {
+  int64_t rows = 0, shard_rows = 0, row_numel = 1;
+  at::Tensor master;  // fp32 [shard_rows, ...]: the optimizer's parameter
+};
+
+at::Tensor mask_of(const train::TrainSample& s) {
+  if (s.loss_mask.empty()) return at::ones({s.response_length}, at::kFloat);
+  return at::tensor(s.loss_mask, at::kFloat);
+}
+
+at::Tensor gather_rows(const std::vector<at::Tensor>& per_sample, const std::vector<int64_t>& idx,
+                       const at::Device& device) {
+  if (per_sample.empty()) return at::Tensor();
+  std::vector<at::Tensor> parts;
+  for (int64_t i : idx) parts.push_back(per_sample[static_cast<size_t>(i)]);
+  return at::cat(parts, 0).to(device, at::kFloat);
+}
+
+void add_metric(train::Metrics& m, const std::string& name, double v) {
+  auto it = m.find(name);
+  if (it == m.end())
+    m[name] = v;
+  else if (ends_with(name, "_max"))
+    it->second = std::max(it->second, v);
+  else if (ends_with(name, "_min"))
+    it->second = std::min(it->second, v);
+  else
+    it->second += v;
+}
+
+std::vector<std::vector<int64_t>> token_bounded_batches(
+    const std::vector<train::TrainSample>& samples, int64_t max_tokens) {
+  std::vector<std::vector<int64_t>> batches;
+  int64_t used = 0;
+  for (size_t i = 0; i < samples.size(); ++i) {
+    const int64_t n = static_cast<int64_t>(samples[i].tokens.size());
+    if (batches.empty() || used + n > max_tokens) {
+      batches.emplace_back();
+      used = 0;
+    }
+    batches.back().push_back(static_cast<int64_t>(i));
+    used += n;
+  }
+  return batches;
+}
+
+struct MicroBatchForward {
+  at::Tensor logprobs, entropy;
+  std::vector<int64_t> response_lengths;
+};
+
+MicroBatchForward forward_micro_batch(const MegatronModel& model,
+                                      const std::vector<train::TrainSample>& samples,
+                                      const std::vector<int64_t>& indices, double temperature,
+                                      int64_t chunk, bool with_entropy) {
+  std::vector<std::vector<int64_t>> seqs;
+  std::vector<int64_t> rows, targets;
+  MicroBatchForward out;
+  int64_t offset = 0;
+  for (int64_t i : indices) {
+    const train::TrainSample& s = samples[static_cast<size_t>(i)];
+    const int64_t L = static_cast<int64_t>(s.tokens.size());
+    for (int64_t t = L - s.response_length; t < L; ++t) {
+      rows.push_back(offset + t - 1);
+      targets.push_back(s.tokens[static_cast<size_t>(t)]);
+    }
+    out.response_lengths.push_back(s.response_length);
+    seqs.push_back(s.tokens);
+    offset += L;
+  }
+  const at::Device device = model.device();
+  models::PackedBatch batch = models::PackedBatch::pack(seqs, device);
+  at::Tensor hidden = model.forward_hidden(batch);
+  at::Tensor h = hidden.index_select(0, at::tensor(rows, at::kLong).to(device));
+  train::LogProbResult r =
+      model.token_logprobs(h, at::tensor(targets, at::kLong), {temperature, chunk, with_entropy});
+  out.logprobs = r.logprobs;
+  out.entropy = r.entropy;
+  return out;
+}
+
+}  // namespace
+
+struct MegatronTrainer::State {
+  MegatronModel* model = nullptr;
+  train::TrainerOptions options;
+  std::vector<Shard> shards;  // per model parameter
+  std::unique_ptr<train::AdamW> optimizer;
+  double duplicate_sq = 0;  // this rank's squared grads of TP-replicated shards (tp_rank > 0)
+
+  const Mesh& mesh() const { return model->mesh(); }
+  int64_t chunk() const {
+    return options.log_probs_chunk_size < 0 ? INT64_MAX : options.log_probs_chunk_size;
+  }
+
+  // Gradients of the step: q/k-norm all-reduced over TP, then every parameter's gradient
+  // reduce-scattered (fp32, summed) over DP into its shard's gradient, in one collective.
+  void reduce_grads() {
+    at::NoGradGuard no_grad;
+    auto& params = model->parameters();
+    const auto& specs = model->shard_specs();
+    const Mesh& me = mesh();
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (specs[i].reduce_grad_over_tp && me.tp_size > 1 && params[i].grad().defined()) {
+        at::Tensor g = params[i].grad().to(at::kFloat).contiguous();
+        me.tp->all_reduce(g);
+        params[i].mutable_grad() = g.to(params[i].scalar_type());
+      }
+    }
+    const int64_t D = me.dp_size;
+    int64_t total = 0;
+    for (const Shard& s : shards) total += s.shard_rows * s.row_numel;
+    auto f32 = at::TensorOptions().dtype(at::kFloat).device(model->device());
+    at::Tensor in = at::zeros({D, total}, f32);
+    int64_t off = 0;
+    for (size_t i = 0; i < params.size(); ++i) {
+      const Shard& s = shards[i];
+      const int64_t n = s.shard_rows * s.row_numel;
+      if (params[i].grad().defined()) {
+        at::Tensor src = params[i].grad().reshape({s.rows, s.row_numel});
+        at::Tensor dst = in.narrow(1, off, n).view({D, s.shard_rows, s.row_numel});
+        for (int64_t r = 0; r < D; ++r) {
+          const int64_t b = r * s.shard_rows;
+          const int64_t k = std::clamp<int64_t>(s.rows - b, 0, s.shard_rows);
+          if (k > 0) dst.select(0, r).narrow(0, 0, k).copy_(src.narrow(0, b, k));
+        }
+      }
+      params[i].mutable_grad() = at::Tensor();
+      off += n;
+    }
+    at::Tensor out = at::empty({total}, f32);
+    if (D > 1)
+      me.dp->reduce_scatter(out, in.view({-1}));
+    else
+      out.copy_(in.view({-1}));
+    off = 0;
+    duplicate_sq = 0;
+    for (size_t i = 0; i < shards.size(); ++i) {
+      Shard& s = shards[i];
+      const int64_t n = s.shard_rows * s.row_numel;
+      at::Tensor g = out.narrow(0, off, n).view(s.master.sizes()).to(s.master.device()).clone();
+      s.master.mutable_grad() = g;
+      if (me.tp_rank > 0 && specs[i].split == Split::kReplicated)
+        duplicate_sq += g.pow(2).sum().item<double>();
+      off += n;
+    }
+  }
+
+  // New master values into the compute parameters: all-gather over DP (one collective).
+  void gather_params() {
+    at::NoGradGuard no_grad;
+    auto& params = model->parameters();
+    const Mesh& me = mesh();
+    const int64_t D = me.dp_size;
+    int64_t total = 0;
+    for (const Shard& s : shards) total += s.shard_rows * s.row_numel;
+    auto f32 = at::TensorOptions().dtype(at::kFloat).device(model->device());
+    at::Tensor local = at::empty({total}, f32);
+    int64_t off = 0;
+    for (const Shard& s : shards) {
+      const int64_t n = s.shard_rows * s.row_numel;
+      local.narrow(0, off, n).copy_(s.master.reshape({n}));
+      off += n;
+    }
+    at::Tensor all = local;
+    if (D > 1) {
+      all = at::empty({D * total}, f32);
+      me.dp->all_gather(all, local);
+    }
+    at::Tensor grid = all.view({D, total});
+    off = 0;
+    for (size_t i = 0; i < shards.size(); ++i) {
+      const Shard& s = shards[i];
+      const int64_t n = s.shard_rows * s.row_numel;
+      at::Tensor rows = grid.narrow(1, off, n).reshape({D * s.shard_rows, s.row_numel});
+      params[i].copy_(rows.narrow(0, 0, s.rows).view(params[i].sizes()));
+      off += n;
+    }
+  }
+
+  void reduce_metrics(train::Metrics& m) {
+    const Mesh& me = mesh();
+    if (me.dp_size == 1) return;
+    std::vector<double> v;
+    for (auto& [name, x] : m) v.push_back(ends_with(name, "_min") ? -x : x);
+    at::Tensor all = at::empty({me.dp_size * static_cast<int64_t>(v.size())}, at::kDouble);
+    me.dp->all_gather(all, at::tensor(v, at::kDouble));
+    at::Tensor grid = all.view({me.dp_size, -1});
+    int64_t k = 0;
+    for (auto& [name, x] : m) {
+      at::Tensor col = grid.select(1, k++);
+      if (ends_with(name, "_max"))
+        x = col.max().item<double>();
+      else if (ends_with(name, "_min"))
+        x = -col.max().item<double>();
+      else
+        x = col.sum().item<double>();
+    }
+  }
+};
+
+MegatronTrainer::MegatronTrainer(MegatronModel& model, train::TrainerOptions options)
+    : s_(std::make_unique<State>()) {
+  State& s = *s_;
+  s.model = &model;
+  s.options = std::move(options);
+  s.options.schedule.dp_size = model.mesh().dp_size;
+  s.options.dp_rank = model.mesh().dp_rank;
+  train::validate(s.options.loss);
+  if (!(s.options.temperature > 0))
+    fail("--rollout-temperature must be > 0, got {}", s.options.temperature);
+  if (s.options.log_probs_chunk_size == 0 || s.options.log_probs_chunk_size < -1)
+    fail("--log-probs-chunk-size must be positive or -1, got {}", s.options.log_probs_chunk_size);
+  model.set_gradient_checkpointing(s.options.gradient_checkpointing);
+  const int64_t D = model.mesh().dp_size, r = model.mesh().dp_rank;
+  std::vector<at::Tensor> masters;
+  at::NoGradGuard no_grad;
+  for (at::Tensor& p : model.parameters()) {
+    Shard sh;
+    sh.rows = p.size(0);
+    sh.shard_rows = (sh.rows + D - 1) / D;
+    for (int64_t d = 1; d < p.dim(); ++d) sh.row_numel *= p.size(d);
+    std::vector<int64_t> shape = p.sizes().vec();
+    shape[0] = sh.shard_rows;
+    sh.master = at::zeros(shape, p.options().dtype(at::kFloat));
+    const int64_t b = std::min(sh.rows, r * sh.shard_rows);
+    const int64_t e = std::min(sh.rows, (r + 1) * sh.shard_rows);
+    if (e > b) sh.master.narrow(0, 0, e - b).copy_(p.narrow(0, b, e - b));
+    sh.master.requires_grad_(true);
+    masters.push_back(sh.master);
+    s.shards.push_back(std::move(sh));
+    p.requires_grad_(true);
+  }
+  s.optimizer = std::make_unique<train::AdamW>(masters, s.options.optimizer);
+  State* self = &s;
+  s.optimizer->set_grad_norm_reducer([self](double local) {
+    at::Tensor t = at::full({1}, local - self->duplicate_sq, at::kDouble);
+    self->mesh().world->all_reduce(t);
+    return t.item<double>();
+  });
+}
+
+MegatronTrainer::~MegatronTrainer() = default;
+
+train::AdamW& MegatronTrainer::optimizer() { return *s_->optimizer; }
+int64_t MegatronTrainer::steps() const { return s_->optimizer->steps(); }
+int64_t MegatronTrainer::shard_bytes() const {
+  int64_t n = 0;
+  for (const Shard& s : s_->shards) n += 2 * s.master.numel() * 4;
+  return n;
+}
+
+train::ResponseLogProbs MegatronTrainer::response_logprobs(
+    const std::vector<train::TrainSample>& samples, bool with_entropy) {
+  State& s = *s_;
+  at::NoGradGuard no_grad;
+  const int64_t cap = s.options.schedule.use_dynamic_batch_size
+                          ? std::max<int64_t>(s.options.schedule.max_tokens_per_gpu, 1)
+                          : INT64_MAX;
+  train::ResponseLogProbs out;
+  out.logprobs.resize(samples.size());
+  if (with_entropy) out.entropy.resize(samples.size());
+  for (const auto& mb : token_bounded_batches(samples, cap)) {
+    MicroBatchForward f =
+        forward_micro_batch(*s.model, samples, mb, s.options.temperature, s.chunk(), with_entropy);
+    auto lps = f.logprobs.to(at::kCPU).split_with_sizes(f.response_lengths, 0);
+    for (size_t k = 0; k < mb.size(); ++k) out.logprobs[static_cast<size_t>(mb[k])] = lps[k];
+    if (with_entropy) {
+      auto ents = f.entropy.to(at::kCPU).split_with_sizes(f.response_lengths, 0);
+      for (size_t k = 0; k < mb.size(); ++k) out.entropy[static_cast<size_t>(mb[k])] = ents[k];
+    }
+  }
+  return out;
+}
+
+std::vector<train::Metrics> MegatronTrainer::train_rollout(
+    const std::vector<train::TrainSample>& samples, const std::vector<at::Tensor>& ref_logprobs) {
+  State& s = *s_;
+  const train::TrainerOptions& o = s.options;
+  train::validate_samples(samples, s.model->config().vocab_size);
+  if (!ref_logprobs.empty() && ref_logprobs.size() != samples.size())
+    fail("{} reference log-prob tensors for {} samples", ref_logprobs.size(), samples.size());
+  for (size_t i = 0; i < ref_logprobs.size(); ++i)
+    if (ref_logprobs[i].numel() != samples[i].response_length)
+      fail("sample {}: {} reference log-probs for response_length {}", i, ref_logprobs[i].numel(),
+           samples[i].response_length);
+  const bool sft = o.loss.loss_type == "sft_loss";
+  const bool needs_ref = !sft && (o.loss.use_kl_loss || o.advantage.kl_coef != 0);
+  if (needs_ref && ref_logprobs.empty())
+    fail("--use-kl-loss / --kl-coef need reference log-probs for every sample");
+
+  std::vector<int64_t> lengths, rollout_ids;
+  bool any_rollout_id = false;
+  for (const auto& x : samples) {
+    lengths.push_back(static_cast<int64_t>(x.tokens.size()));
+    any_rollout_id |= x.rollout_id >= 0;
+  }
+  if (any_rollout_id)
+    for (size_t i = 0; i < samples.size(); ++i)
+      rollout_ids.push_back(samples[i].rollout_id >= 0 ? samples[i].rollout_id
+                                                       : -1 - static_cast<int64_t>(i));
+  train::Schedule schedule = train::build_schedule(lengths, rollout_ids, o.schedule);
+
+  std::vector<at::Tensor> loss_masks, rollout_lp, old_lp, advantages;
+  for (const auto& x : samples) loss_masks.push_back(mask_of(x));
+  const bool have_rollout_lp = std::all_of(
+      samples.begin(), samples.end(), [](const auto& x) { return !x.rollout_logprobs.empty(); });
+  if (have_rollout_lp)
+    for (const auto& x : samples) rollout_lp.push_back(at::tensor(x.rollout_logprobs, at::kFloat));
+  if (!sft) {
+    if (!o.loss.use_rollout_logprobs)
+      old_lp = response_logprobs(samples).logprobs;
+    else if (!have_rollout_lp)
+      fail("--use-rollout-logprobs: not every sample carries rollout log-probs");
+    train::AdvantageInputs ai;
+    for (const auto& x : samples) ai.rewards.push_back(x.reward);
+    ai.logprobs = o.loss.use_rollout_logprobs ? rollout_lp : old_lp;
+    ai.ref_logprobs = ref_logprobs;
+    ai.loss_masks = loss_masks;
+    advantages = train::compute_advantages(o.advantage, ai).advantages;
+  }
+
+  const at::Device device = s.model->device();
+  std::vector<train::Metrics> out;
+  for (const train::StepSchedule& step : schedule.steps) {
+    std::vector<at::Tensor> masks;
+    std::vector<int64_t> ids;
+    for (int64_t i : step.samples) {
+      masks.push_back(loss_masks[static_cast<size_t>(i)]);
+      if (!rollout_ids.empty()) ids.push_back(rollout_ids[static_cast<size_t>(i)]);
+    }
+    std::vector<at::Tensor> w =
+        train::reducer_weights(masks, ids, step.num_rollouts, o.loss.calculate_per_token_loss);
+    std::vector<at::Tensor> weights(samples.size());
+    for (size_t k = 0; k < step.samples.size(); ++k)
+      weights[static_cast<size_t>(step.samples[k])] = w[k];
+
+    train::Metrics metrics;
+    double tokens = 0, total_tokens = 0;
+    for (const auto& mb : step.micro_batches[static_cast<size_t>(o.dp_rank)]) {
+      MicroBatchForward f =
+          forward_micro_batch(*s.model, samples, mb, o.temperature, s.chunk(), !sft);
+      train::LossInputs li;
+      li.logprobs = f.logprobs;
+      li.response_lengths = f.response_lengths;
+      li.loss_mask = gather_rows(loss_masks, mb, device);
+      li.weights = gather_rows(weights, mb, device);
+      if (!sft) {
+        li.entropy = o.loss.entropy_coef != 0 ? f.entropy : f.entropy.detach();
+        li.advantages = gather_rows(advantages, mb, device);
+        li.old_logprobs = gather_rows(old_lp, mb, device);
+        li.ref_logprobs = needs_ref ? gather_rows(ref_logprobs, mb, device) : at::Tensor();
+        li.rollout_logprobs = gather_rows(rollout_lp, mb, device);
+      }
+      train::LossOutput lo = train::compute_loss(o.loss, li);
+      lo.loss.backward();
+      for (auto& [name, v] : lo.metrics) add_metric(metrics, name, v.item<double>());
+      tokens += li.loss_mask.sum().item<double>();
+      for (int64_t i : mb)
+        total_tokens += static_cast<double>(samples[static_cast<size_t>(i)].tokens.size());
+    }
+    metrics["tokens"] = tokens;
+    metrics["total_tokens"] = total_tokens;
+    s.reduce_metrics(metrics);
+    s.reduce_grads();
+    train::StepStats st = s.optimizer->step();
+    s.optimizer->zero_grad();
+    s.gather_params();
+    metrics["grad_norm"] = st.grad_norm;
+    metrics["lr"] = st.lr;
+    out.push_back(std::move(metrics));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Full tensors: weight sync and HF export
+
+void MegatronModel::for_each_full_tensor(
+    const std::function<void(const std::string&, const at::Tensor&)>& fn) {
+  for_each_full_bucket(0, at::kFloat, [&](const std::vector<NamedTensor>& bucket) {
+    for (const auto& [name, t] : bucket) fn(name, t);
+  });
+}
+
+void MegatronModel::for_each_full_bucket(
+    int64_t bucket_bytes, at::ScalarType dtype,
+    const std::function<void(const std::vector<NamedTensor>&)>& fn) {
+  Impl& m = *impl_;
+  at::NoGradGuard no_grad;
+  dist::Communicator& tp = m.tp();
+  const int64_t T = m.mesh.tp_size;
+  std::vector<NamedTensor> bucket;
+  int64_t bytes = 0;
+  for (size_t i = 0; i < m.specs.size(); ++i) {
+    const ShardSpec& s = m.specs[i];
+    // Every DP replica holds the same compute parameters after a step (all-gathered from
+    // the fp32 masters; equal to them in fp32).
+    at::Tensor local = m.params[i].to(at::kFloat).contiguous();
+    at::Tensor full = local;
+    if (T > 1 && s.split != Split::kReplicated) {
+      if (s.split == Split::kRow) {
+        at::Tensor all = at::empty({T * local.numel()}, local.options());
+        tp.all_gather(all, local.view({-1}));
+        full = all.view({T, s.full[0], s.local[1]}).permute({1, 0, 2}).reshape(s.full);
+      } else {
+        const int64_t part = s.split == Split::kVocab ? (s.full[0] + T - 1) / T : s.full[0] / T;
+        std::vector<int64_t> padded = s.full;
+        padded[0] = part;
+        at::Tensor buf = at::zeros(padded, local.options());
+        buf.narrow(0, 0, local.size(0)).copy_(local);
+        at::Tensor all = at::empty({T * buf.numel()}, local.options());
+        tp.all_gather(all, buf.view({-1}));
+        std::vector<int64_t> grid = s.full;
+        grid[0] = T * part;
+        full = all.view(grid).narrow(0, 0, s.full[0]);
+      }
+    }
+    at::Tensor t = full.to(dtype).contiguous();
+    const int64_t n = static_cast<int64_t>(t.nbytes());
+    if (!bucket.empty() && bytes + n > bucket_bytes) {
+      fn(bucket);
+      bucket.clear();
+      bytes = 0;
+    }
+    bucket.emplace_back(s.name, t);
+    bytes += n;
+  }
+  if (!bucket.empty()) fn(bucket);
+}
+
+void MegatronModel::export_hf(const std::filesystem::path& out, const std::filesystem::path& source,
+                              at::ScalarType dtype, uint64_t max_shard_bytes) {
+  namespace fs = std::filesystem;
+  Impl& m = *impl_;
+  const bool writer_rank = m.mesh.world->rank() == 0;
+  fs::path tmp = out;
+  tmp += ".tmp";
+  std::unique_ptr<models::StreamingCheckpointWriter> writer;
+  std::string error;
+  if (writer_rank) {
+    try {
+      if (!out.parent_path().empty()) fs::create_directories(out.parent_path());
+      fs::remove_all(tmp);
+      std::vector<models::TensorInfo> layout;
+      for (const ShardSpec& s : m.specs) {
+        models::TensorInfo t;
+        t.name = s.name;
+        t.dtype = models::from_scalar_type(dtype);
+        t.shape = s.full;
+        layout.push_back(std::move(t));
+      }
+      writer = std::make_unique<models::StreamingCheckpointWriter>(tmp, layout, max_shard_bytes);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  // Every rank takes part in every gather, even after rank 0 failed, so none hangs.
+  for_each_full_tensor([&](const std::string& name, const at::Tensor& t) {
+    if (!writer || !error.empty()) return;
+    try {
+      writer->write(name, t.to(dtype));
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  });
+  if (writer_rank) {
+    try {
+      if (!error.empty()) fail("{}", error);
+      writer->finish();
+      nlohmann::json config = m.config.to_json();
+      config["dtype"] = dtype == at::kBFloat16 ? "bfloat16"
+                        : dtype == at::kHalf   ? "float16"
+                                               : "float32";
+      write_json_file_atomic(tmp / "config.json", config);
+      for (const char* name : {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                               "special_tokens_map.json", "chat_template.jinja"})
+        if (!source.empty() && fs::exists(source / name)) fs::copy_file(source / name, tmp / name);
+      sync_directory(tmp);
+      fs::remove_all(out);
+      fs::rename(tmp, out);
+      if (!out.parent_path().empty()) sync_directory(out.parent_path());
+      log::get("megatron")->info("exported HuggingFace model to {}", out.string());
+    } catch (const std::exception& e) {
+      std::error_code ignored;
+      writer.reset();
+      fs::remove_all(tmp, ignored);
+      error = e.what();
+    }
+  }
+  at::Tensor ok = at::full({1}, error.empty() ? 0.0 : 1.0, at::kDouble);
+  m.mesh.world->all_reduce(ok);
+  if (ok.item<double>() != 0)
+    fail("--save-hf {}: {}", out.string(), writer_rank ? error : "failed on rank 0");
+}
+
+}  // namespace anvil::megatron
