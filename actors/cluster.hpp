@@ -7,6 +7,7 @@
 // the report file. None of them throws for a peer's misbehaviour.
 #pragma once
 
+#include "runtime/metrics/metrics_hub.hpp"
 #include "runtime/placement.hpp"
 
 #include <cstdint>
@@ -39,6 +40,14 @@ struct HeadOptions {
   std::string save_dir;       // --save: train rank 0 checkpoints here ...
   int64_t save_interval = 0;  // --save-interval: ... every this many rollouts (and at the end)
   std::string metrics_jsonl;  // --metrics-jsonl: one line per optimizer step
+  // The controller's metrics hub (runtime/metrics): console line, --metrics-jsonl,
+  // TensorBoard, dashboard; `config` (every job flag's final value) is logged at start.
+  metrics::MetricsOptions metrics;
+  metrics::Config config;
+  // --async (anvil train-async): one-step-off pipeline; rollout k+1 is generated while
+  // rollout k trains; weights go to the engines every --update-weights-interval rollouts.
+  bool async = false;
+  int64_t update_weights_interval = 1;
   std::vector<std::string> job_args;  // the job flags, forwarded to every role process
   // --in-process: creates the compute object of a role (nullptr for weight-sync).
   std::function<std::shared_ptr<Role>(const std::string& role, int rank)> make_role;

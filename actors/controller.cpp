@@ -9,6 +9,7 @@
 #include "actors/protocol.hpp"
 #include "actors/resume_state.hpp"
 #include "actors/role_actor.hpp"
+#include "runtime/metrics/metrics_hub.hpp"
 #include "runtime/shared_memory.hpp"
 
 #include <caf/io/all.hpp>
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -27,6 +29,11 @@ namespace anvil::actors {
 
 namespace {
 std::shared_ptr<spdlog::logger> L() { return anvil::log::get("head"); }
+
+// Seconds on the monotonic clock (durations in the metrics).
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 }  // namespace
 namespace {
 
@@ -62,6 +69,17 @@ struct HeadState {
   nlohmann::json report = {{"ok", false}, {"rollouts", nlohmann::json::array()}};
   std::shared_ptr<std::atomic<int>> exit_code;
   bool failed = false;
+  // --async: the generations started (rollout id -> its state); at most two live at once.
+  struct Generation {
+    nlohmann::json report;
+    int pending = 0;
+    bool done = false;
+    std::function<void()> waiter;  // runs once the generation is done
+  };
+  std::map<uint64_t, std::shared_ptr<Generation>> generations;
+  // Where the per-step metrics go (console, --metrics-jsonl, TensorBoard, dashboard).
+  std::shared_ptr<metrics::MetricsHub> hub;
+  int64_t metrics_step = 0;  // the hub's step when the train role does not report one
 };
 
 std::string key(const std::string& role, int rank) { return role + ":" + std::to_string(rank); }
@@ -72,14 +90,24 @@ std::string describe_role(const RoleEntry& r) {
   return s + " on node " + r.placement.node_id;
 }
 
+// Never throws (it runs inside the controller's handlers): a file that cannot be written
+// is logged, naming it.
 void write_file_atomically(const std::string& path, const std::string& text) {
   if (path.empty()) return;
   std::string tmp = path + ".tmp" + std::to_string(::getpid());
+  std::error_code ec;
+  const auto parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
   {
     std::ofstream out(tmp);
     out << text << "\n";
+    if (!out) {
+      L()->error("cannot write {}", tmp);
+      return;
+    }
   }
-  std::filesystem::rename(tmp, path);
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) L()->error("cannot rename {} to {}: {}", tmp, path, ec.message());
 }
 
 class Controller {
@@ -99,9 +127,14 @@ class Controller {
   void place_in_process();
   void start_job();
   void run_rollout();
+  void next_rollout() { st_->options.async ? run_async_rollout() : run_rollout(); }
+  void run_async_rollout();
+  void start_generation(uint64_t k);
+  void when_generated(uint64_t k, std::function<void()> then);
+  void finish_rollout(nlohmann::json rollout_report);
   void sync_weights(uint64_t version, nlohmann::json rollout_report);
   void save_then_continue();
-  void write_metrics(const nlohmann::json& rollout_report);
+  void log_metrics(const nlohmann::json& rollout_report);
   std::vector<RoleEntry*> roles_of(const std::string& role);
   std::string endpoint(const std::string& role, int rank) {
     return st_->roles[key(role, rank)].info.value("endpoint", "");
@@ -130,6 +163,7 @@ void Controller::fail(const std::string& message) {
   st_->report["ok"] = false;
   st_->report["error"] = message;
   write_file_atomically(st_->options.report_file, st_->report.dump(2));
+  if (st_->hub) st_->hub->set_status("failed", message);
   stop_everything();
 }
 
@@ -137,6 +171,7 @@ void Controller::finish_ok() {
   st_->report["ok"] = true;
   write_file_atomically(st_->options.report_file, st_->report.dump(2));
   L()->info("job finished: {} rollouts", st_->rollout);
+  if (st_->hub) st_->hub->set_status("finished", std::to_string(st_->rollout) + " rollouts");
   stop_everything();
 }
 
@@ -346,7 +381,7 @@ void Controller::start_job() {
           return;
         }
         if (st_->rollout > 0) L()->info("resuming at rollout {} (--load)", st_->rollout);
-        run_rollout();
+        next_rollout();
       });
 }
 
@@ -356,6 +391,10 @@ void Controller::run_rollout() {
     return;
   }
   uint64_t k = static_cast<uint64_t>(st_->rollout);
+  if (st_->hub) {
+    st_->hub->set_status("running", "rollout " + std::to_string(k) + " of " +
+                                        std::to_string(st_->options.num_rollout));
+  }
   auto engines = roles_of("rollout");
   auto trains = roles_of("train");
   auto refs = roles_of("ref");
@@ -366,30 +405,67 @@ void Controller::run_rollout() {
   if (!refs.empty()) {
     gen_targets = {{"targets", {refs[0]->info.value("endpoint", "")}}};
   }
-  auto report = std::make_shared<nlohmann::json>(nlohmann::json{{"rollout", k}});
+  const bool colocate = st_->options.placement.colocate;
+  const double t_start = now_s();
+  auto report = std::make_shared<nlohmann::json>(
+      nlohmann::json{{"rollout", k}, {"time", {{"start", t_start}}}});
   auto pending = std::make_shared<int>(refs.empty() ? 2 : 3);
   auto step_done = [=, this]() {
     if (--*pending == 0) sync_weights(k + 1, *report);
   };
-  ask_all(
-      engines,
-      [=, this](RoleEntry& r) {
-        return role_message(generate_atom::value, k * parts + r.placement.rank, gen_targets.dump());
-      },
-      [=, this](std::vector<nlohmann::json> replies) {
-        (*report)["generate"] = replies;
-        if (!st_->options.placement.colocate) {
+  // Training waits for its data in the train role's receiver, so it is asked at once,
+  // except in colocated mode: there it runs once the engines have given the device back.
+  auto start_train = [=, this]() {
+    ask_all(
+        trains, [=, this](RoleEntry&) { return role_message(train_atom::value, k * parts, parts); },
+        [=, this](std::vector<nlohmann::json> replies) {
+          (*report)["train"] = replies;
           step_done();
-          return;
-        }
-        // Colocated: the engines give their memory (weights, KV cache) to training.
-        ask_all(
-            roles_of("rollout"), [](RoleEntry&) { return role_message(offload_atom::value); },
-            [=, this](std::vector<nlohmann::json> offloaded) {
-              (*report)["offload"] = offloaded;
-              step_done();
-            });
-      });
+        });
+  };
+  auto start_generate = [=, this]() {
+    const double t_gen = now_s();
+    ask_all(
+        engines,
+        [=, this](RoleEntry& r) {
+          return role_message(generate_atom::value, k * parts + r.placement.rank,
+                              gen_targets.dump());
+        },
+        [=, this](std::vector<nlohmann::json> replies) {
+          (*report)["generate"] = replies;
+          (*report)["time"]["rollout"] = now_s() - t_gen;
+          if (!colocate) {
+            step_done();
+            return;
+          }
+          // Colocated: the engines give their memory (weights, KV cache) to training, and
+          // the train ranks take theirs back.
+          ask_all(
+              roles_of("rollout"), [](RoleEntry&) { return role_message(offload_atom::value); },
+              [=, this](std::vector<nlohmann::json> offloaded) {
+                (*report)["offload"] = offloaded;
+                ask_all(
+                    roles_of("train"), [](RoleEntry&) { return role_message(onload_atom::value); },
+                    [=, this](std::vector<nlohmann::json> onloaded) {
+                      (*report)["train_onload"] = onloaded;
+                      start_train();
+                      step_done();
+                    });
+              });
+        });
+  };
+  if (colocate) {
+    // The train ranks' state leaves the device while the engines generate.
+    ask_all(
+        trains, [](RoleEntry&) { return role_message(offload_atom::value); },
+        [=, this](std::vector<nlohmann::json> offloaded) {
+          (*report)["train_offload"] = offloaded;
+          start_generate();
+        });
+  } else {
+    start_generate();
+    start_train();
+  }
   if (!refs.empty()) {
     // The ref role takes each engine's part in turn and forwards it with ref log-probs.
     auto next_part = std::make_shared<std::function<void(uint64_t)>>();
@@ -410,12 +486,6 @@ void Controller::run_rollout() {
     };
     (*next_part)(0);
   }
-  ask_all(
-      trains, [=, this](RoleEntry&) { return role_message(train_atom::value, k * parts, parts); },
-      [=, this](std::vector<nlohmann::json> replies) {
-        (*report)["train"] = replies;
-        step_done();
-      });
 }
 
 void Controller::sync_weights(uint64_t version, nlohmann::json rollout_report) {
@@ -444,6 +514,7 @@ void Controller::sync_weights(uint64_t version, nlohmann::json rollout_report) {
     engine_handles.push_back(e->front);
   }
   weight_source_actor train0 = trains[0]->front;
+  const double t_sync = now_s();
   // A sharded train group gathers each tensor collectively: ranks 1.. take part in the push
   // that the weight-sync actor asks of rank 0 (they send nothing themselves).
   std::vector<RoleEntry*> helpers(trains.begin() + 1, trains.end());
@@ -461,22 +532,143 @@ void Controller::sync_weights(uint64_t version, nlohmann::json rollout_report) {
       },
       [=, this](std::vector<nlohmann::json> replies) mutable {
         rollout_report["sync"] = replies[0];
-        write_metrics(rollout_report);
+        rollout_report["time"]["sync"] = now_s() - t_sync;
         L()->info(
             "rollout {} trained; weight version {} (checksum {}) now on {} "
             "engines",
             st_->rollout, version, replies[0].value("checksum", 0u), replies[0]["engines"].size());
-        st_->report["rollouts"].push_back(rollout_report);
-        ++st_->rollout;
-        const auto& o = st_->options;
-        bool last = st_->rollout == o.num_rollout;
-        if (!o.save_dir.empty() &&
-            ((o.save_interval > 0 && st_->rollout % o.save_interval == 0) || last)) {
-          save_then_continue();
-        } else {
-          run_rollout();
-        }
+        finish_rollout(std::move(rollout_report));
       });
+}
+
+void Controller::finish_rollout(nlohmann::json rollout_report) {
+  rollout_report["time"]["step"] = now_s() - rollout_report["time"].value("start", now_s());
+  rollout_report["time"].erase("start");
+  log_metrics(rollout_report);
+  if (st_->failed) return;
+  st_->report["rollouts"].push_back(rollout_report);
+  ++st_->rollout;
+  const auto& o = st_->options;
+  bool last = st_->rollout == o.num_rollout;
+  if (!o.save_dir.empty() &&
+      ((o.save_interval > 0 && st_->rollout % o.save_interval == 0) || last)) {
+    save_then_continue();
+  } else {
+    next_rollout();
+  }
+}
+
+// --async (slime's train_async.py, one step off): rollout k+1 is generated while rollout k
+// trains, so its samples come from weight version k (one behind the trainer; the train
+// role reports the staleness, the loss's TIS/mismatch metrics use the samples' rollout
+// log-probs). Weights go to the engines every --update-weights-interval rollouts, after
+// the generation in flight has finished (never in the middle of one).
+void Controller::run_async_rollout() {
+  if (st_->rollout >= st_->options.num_rollout) {
+    finish_ok();
+    return;
+  }
+  const uint64_t k = static_cast<uint64_t>(st_->rollout);
+  if (st_->hub) {
+    st_->hub->set_status("running", "rollout " + std::to_string(k) + " of " +
+                                        std::to_string(st_->options.num_rollout) + " (async)");
+  }
+  if (st_->generations.count(k) == 0) start_generation(k);
+  const double t_wait = now_s();
+  when_generated(k, [=, this]() {
+    const double t_train = now_s();
+    const uint64_t num = static_cast<uint64_t>(st_->options.num_rollout);
+    if (k + 1 < num && st_->generations.count(k + 1) == 0) start_generation(k + 1);
+    const uint64_t parts = roles_of("rollout").size();
+    ask_all(
+        roles_of("train"),
+        [=](RoleEntry&) { return role_message(train_atom::value, k * parts, parts); },
+        [=, this](std::vector<nlohmann::json> replies) {
+          nlohmann::json report = st_->generations[k]->report;
+          st_->generations.erase(k);
+          report["train"] = replies;
+          report["time"]["start"] = t_wait;
+          report["time"]["wait_rollout"] = t_train - t_wait;
+          const int64_t interval = std::max<int64_t>(1, st_->options.update_weights_interval);
+          const bool push = (k + 1) % static_cast<uint64_t>(interval) == 0 || k + 1 == num;
+          if (!push) {
+            L()->info(
+                "rollout {} trained (weights stay on the engines: "
+                "--update-weights-interval {})",
+                k, interval);
+            finish_rollout(std::move(report));
+            return;
+          }
+          if (st_->generations.count(k + 1) != 0) {
+            when_generated(k + 1, [=, this]() { sync_weights(k + 1, report); });
+          } else {
+            sync_weights(k + 1, report);
+          }
+        });
+  });
+}
+
+void Controller::start_generation(uint64_t k) {
+  auto g = std::make_shared<HeadState::Generation>();
+  st_->generations[k] = g;
+  auto engines = roles_of("rollout");
+  auto trains = roles_of("train");
+  auto refs = roles_of("ref");
+  const uint64_t parts = engines.size();
+  nlohmann::json train_targets = {{"targets", nlohmann::json::array()}};
+  for (auto* t : trains) train_targets["targets"].push_back(t->info.value("endpoint", ""));
+  nlohmann::json gen_targets = train_targets;
+  if (!refs.empty()) gen_targets = {{"targets", {refs[0]->info.value("endpoint", "")}}};
+  g->report = {{"rollout", k}, {"time", nlohmann::json::object()}};
+  g->pending = refs.empty() ? 1 : 2;
+  auto part_done = [g]() {
+    if (--g->pending > 0) return;
+    g->done = true;
+    if (g->waiter) {
+      auto w = std::move(g->waiter);
+      g->waiter = nullptr;
+      w();
+    }
+  };
+  const double t_gen = now_s();
+  ask_all(
+      engines,
+      [=](RoleEntry& r) {
+        return role_message(generate_atom::value, k * parts + r.placement.rank, gen_targets.dump());
+      },
+      [=](std::vector<nlohmann::json> replies) {
+        g->report["generate"] = replies;
+        g->report["time"]["rollout"] = now_s() - t_gen;
+        part_done();
+      });
+  if (!refs.empty()) {
+    auto next_part = std::make_shared<std::function<void(uint64_t)>>();
+    *next_part = [=, this](uint64_t e) {
+      if (e == parts) {
+        part_done();
+        return;
+      }
+      ask_all(
+          refs,
+          [=](RoleEntry&) {
+            return role_message(compute_ref_atom::value, k * parts + e, train_targets.dump());
+          },
+          [=, keep = next_part](std::vector<nlohmann::json> replies) {
+            g->report["ref"].push_back(replies[0]);
+            (*keep)(e + 1);
+          });
+    };
+    (*next_part)(0);
+  }
+}
+
+void Controller::when_generated(uint64_t k, std::function<void()> then) {
+  auto g = st_->generations.at(k);
+  if (g->done) {
+    then();
+  } else {
+    g->waiter = std::move(then);
+  }
 }
 
 void Controller::save_then_continue() {
@@ -499,25 +691,65 @@ void Controller::save_then_continue() {
               L()->info("checkpoint {} written under {}", replies[0].value("iteration", 0),
                         st_->options.save_dir);
               st_->report["checkpoints"].push_back(replies[0]);
-              run_rollout();
+              next_rollout();
             });
       });
 }
 
-void Controller::write_metrics(const nlohmann::json& rollout_report) {
-  if (st_->options.metrics_jsonl.empty()) return;
-  std::ofstream out(st_->options.metrics_jsonl, std::ios::app);
-  for (const auto& t : rollout_report.value("train", nlohmann::json::array())) {
-    int64_t step = 0;
-    for (const auto& m : t.value("steps", nlohmann::json::array())) {
-      nlohmann::json line = m;
-      line["rollout"] = rollout_report.value("rollout", 0);
-      line["step"] = step++;
-      line["rank"] = t.value("rank", 0);
-      line["weight_version"] = t.value("weight_version", 0);
-      out << line.dump() << "\n";
-    }
+// One record per optimizer step of the rollout (train rank 0's metrics: a sharded group
+// all-reduces them) with the rollout's times, reward and throughput. The step is the
+// train ranks' optimizer step count, so a resumed job continues the numbering.
+void Controller::log_metrics(const nlohmann::json& rollout_report) {
+  if (!st_->hub) return;
+  const auto trains = rollout_report.value("train", nlohmann::json::array());
+  if (trains.empty()) return;
+  const nlohmann::json& t = trains[0];
+  const auto steps = t.value("steps", nlohmann::json::array());
+  const auto& time = rollout_report["time"];
+  double reward_sum = 0, samples = 0, response_tokens = 0;
+  for (const auto& g : rollout_report.value("generate", nlohmann::json::array())) {
+    reward_sum += g.value("reward_sum", 0.0);
+    samples += g.value("samples", 0.0);
+    response_tokens += g.value("response_tokens", 0.0);
   }
+  metrics::Scalars common = {
+      {"rollout", static_cast<double>(rollout_report.value("rollout", 0))},
+      {"weight_version", t.value("weight_version", 0.0)},
+      {"rank", t.value("rank", 0.0)},
+      {"rollout/samples", samples},
+      {"rollout/response_tokens", response_tokens},
+  };
+  if (samples > 0) common["rollout/reward_mean"] = reward_sum / samples;
+  for (const char* k : {"rollout", "train", "sync", "step", "wait_rollout"}) {
+    if (time.contains(k)) common[std::string("time/") + k] = time[k].get<double>();
+  }
+  if (t.contains("seconds")) common["time/train"] = t["seconds"].get<double>();
+  if (time.contains("rollout") && time["rollout"].get<double>() > 0) {
+    common["perf/tokens_per_s"] = response_tokens / time["rollout"].get<double>();
+  }
+  if (time.contains("step") && time["step"].get<double>() > 0) {
+    common["perf/step_samples_per_s"] = samples / time["step"].get<double>();
+  }
+  for (const char* k : {"staleness_mean", "staleness_max"}) {
+    if (t.contains(k)) common[std::string("async/") + k] = t[k].get<double>();
+  }
+  int64_t first = st_->metrics_step;
+  if (t.contains("optimizer_steps")) {
+    first = t["optimizer_steps"].get<int64_t>() - static_cast<int64_t>(steps.size());
+  }
+  try {
+    for (size_t i = 0; i < steps.size(); ++i) {
+      metrics::Scalars scalars = common;
+      for (const auto& [name, v] : steps[i].items()) {
+        if (v.is_number()) scalars[name] = v.get<double>();
+      }
+      st_->hub->log(first + static_cast<int64_t>(i), scalars);
+    }
+  } catch (const std::exception& e) {
+    fail(std::string("metrics: ") + e.what());
+    return;
+  }
+  st_->metrics_step = first + static_cast<int64_t>(steps.size());
 }
 
 caf::behavior Controller::make_behavior() {
@@ -638,6 +870,18 @@ int run_head(const HeadOptions& options) {
   auto state = std::make_shared<HeadState>();
   state->options = options;
   state->exit_code = exit_code;
+  try {
+    state->hub = std::make_shared<metrics::MetricsHub>(options.metrics);
+    state->hub->log_config(options.config);
+    state->hub->set_status("starting", "waiting for the roles");
+  } catch (const std::exception& e) {
+    L()->error("{}", e.what());
+    return 1;
+  }
+  if (state->hub->dashboard_port() >= 0) {
+    L()->info("dashboard on http://{}:{}/", options.metrics.dashboard_host,
+              state->hub->dashboard_port());
+  }
   auto controller = sys.spawn([state](caf::event_based_actor* self) {
     auto c = std::make_shared<Controller>(self, state.get());
     self->attach_functor([c, state] {});
@@ -657,6 +901,7 @@ int run_head(const HeadOptions& options) {
     write_file_atomically(options.port_file, std::to_string(*port));
   }
   sys.await_all_actors_done();
+  state->hub->close();
   // --in-process: the roles ran here; whatever shared memory they still name goes now.
   if (options.in_process) runtime::remove_shared_memory_of(::getpid());
   return exit_code->load();

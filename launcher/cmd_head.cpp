@@ -92,6 +92,26 @@ int run_head_cmd(HeadArgs& a, const std::vector<std::string>& extras) {
   a.head.save_dir = job->save.empty() ? "" : std::filesystem::absolute(job->save).string();
   a.head.save_interval = job->save_interval;
   a.head.metrics_jsonl = job->metrics_jsonl;
+  if (a.head.async && job->placement.colocate) {
+    fail(
+        "--async (anvil train-async) and --colocate cannot be combined: one-step-off generation "
+        "overlaps training, colocated roles take turns on one device");
+  }
+  if (job->update_weights_interval != 1 && !a.head.async) {
+    fail("--update-weights-interval {} needs --async (the synchronous loop pushes every rollout)",
+         job->update_weights_interval);
+  }
+  a.head.update_weights_interval = job->update_weights_interval;
+  a.head.metrics.jsonl_path = job->metrics_jsonl;
+  a.head.metrics.use_tensorboard = job->use_tensorboard;
+  a.head.metrics.tensorboard_dir = job->tensorboard_dir;
+  a.head.metrics.dashboard_port = job->dashboard_port;
+  a.head.metrics.dashboard_host = job->dashboard_host;
+  std::filesystem::path model_dir(job->model);
+  if (model_dir.filename().empty()) model_dir = model_dir.parent_path();  // "dir/"
+  a.head.metrics.run_name = "anvil " + model_dir.filename().string() +
+                            (job->train.loss.loss_type == "sft_loss" ? " (SFT)" : "");
+  a.head.config = metrics::display_config(resolved_job_config(args, "job flags"));
   a.head.token = load_job_token(a.token_file, /*create=*/true);
   runtime::set_process_tls(runtime::load_tls(a.tls_cert, a.tls_key, a.tls_ca));
   if (a.head.workers < 1 && !a.head.in_process) fail("--workers must be >= 1");
@@ -109,20 +129,38 @@ int run_head_cmd(HeadArgs& a, const std::vector<std::string>& extras) {
 
 }  // namespace
 
-void register_head(CLI::App& app, int& exit_code) {
-  auto* cmd = app.add_subcommand("head", "Run the controller of an RL job (waits for workers)");
+CLI::App* add_head_command(CLI::App& app, int& exit_code, const std::string& name,
+                           const std::string& description, HeadCommandMode mode) {
+  auto* cmd = app.add_subcommand(name, description);
   auto a = std::make_shared<HeadArgs>();
+  const bool train = mode != HeadCommandMode::Head;
   cmd->allow_extras();
   cmd->add_option("--config", a->config, "Job YAML: flag names to values (flags override)");
   cmd->add_option("--listen", a->listen, "HOST:PORT for workers and roles (port 0: any)")
       ->capture_default_str();
-  cmd->add_option("--workers", a->head.workers, "Worker daemons to wait for")
-      ->capture_default_str();
+  auto* workers =
+      cmd->add_option("--workers", a->head.workers,
+                      train ? "Run as a cluster head waiting for this many `anvil worker`s "
+                              "(default: every role in this process)"
+                            : "Worker daemons to wait for");
+  if (!train) workers->capture_default_str();
   cmd->add_option("--token-file", a->token_file,
                   "Job token file (created with a random token when missing)");
   cmd->add_option("--port-file", a->head.port_file, "Write the bound port here");
   cmd->add_option("--report", a->head.report_file, "Write a JSON summary of the run here");
-  cmd->add_flag("--in-process", a->head.in_process, "Run every role on threads of this process");
+  if (!train) {
+    cmd->add_flag("--in-process", a->head.in_process, "Run every role on threads of this process");
+  }
+  if (mode == HeadCommandMode::Train) {
+    cmd->add_flag("--async", a->head.async,
+                  "One-step-off pipeline: generate rollout k+1 while rollout k trains "
+                  "(`anvil train-async`)");
+  } else {
+    a->head.async = mode == HeadCommandMode::TrainAsync;
+    if (mode == HeadCommandMode::Head) {
+      cmd->add_flag("--async", a->head.async, "One-step-off pipeline (see anvil train-async)");
+    }
+  }
   cmd->add_option("--tls-cert", a->tls_cert,
                   "PEM certificate: TLS on every link (with the key, CA)");
   cmd->add_option("--tls-key", a->tls_key, "PEM private key of --tls-cert");
@@ -135,7 +173,17 @@ void register_head(CLI::App& app, int& exit_code) {
   cmd->add_option("--request-timeout-ms", a->head.request_timeout_ms,
                   "A role that does not answer an operation this long is reported as hung")
       ->capture_default_str();
-  cmd->callback([a, cmd, &exit_code] { exit_code = run_head_cmd(*a, cmd->remaining()); });
+  cmd->callback([a, cmd, workers, train, &exit_code] {
+    // `anvil train`: every role in this process unless --workers asks for a cluster.
+    if (train) a->head.in_process = workers->count() == 0;
+    exit_code = run_head_cmd(*a, cmd->remaining());
+  });
+  return cmd;
+}
+
+void register_head(CLI::App& app, int& exit_code) {
+  add_head_command(app, exit_code, "head", "Run the controller of an RL job (waits for workers)",
+                   HeadCommandMode::Head);
 }
 
 }  // namespace anvil::launcher

@@ -2,6 +2,8 @@
 // itself on the CLI11 app; its callback returns the process exit code through `exit_code`.
 #pragma once
 
+#include <string>
+
 namespace CLI {
 class App;
 }
@@ -22,5 +24,12 @@ void register_worker(CLI::App& app, int& exit_code);
 void register_actor(CLI::App& app, int& exit_code);
 void register_eval(CLI::App& app, int& exit_code);
 void register_make_task(CLI::App& app, int& exit_code);
+void register_train(CLI::App& app, int& exit_code);  // anvil train, anvil train-async
+
+// The controller's command line, shared by `anvil head` (waits for --workers) and
+// `anvil train` / `anvil train-async` (launcher/cmd_train.cpp: in-process unless --workers).
+enum class HeadCommandMode { Head, Train, TrainAsync };
+CLI::App* add_head_command(CLI::App& app, int& exit_code, const std::string& name,
+                           const std::string& description, HeadCommandMode mode);
 
 }  // namespace anvil::launcher

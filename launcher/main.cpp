@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   anvil::launcher::register_actor(app, exit_code);
   anvil::launcher::register_eval(app, exit_code);
   anvil::launcher::register_make_task(app, exit_code);
+  anvil::launcher::register_train(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

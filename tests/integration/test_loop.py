@@ -1,0 +1,204 @@
+"""The training loop of `anvil train` (actors/controller.cpp) on a tiny model, every role in
+one process: the metrics hub's records per optimizer step (JSONL, TensorBoard, console),
+rewards checked against a reward server that records what it answered, the one-step-off
+async pipeline (`anvil train-async`: sample weight versions, staleness, weight pushes every
+--update-weights-interval), the colocated offload/onload of the train role, and flag errors
+that name the flags."""
+import json
+import os
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from test_runtime import ANVIL, ENV, setup  # noqa: F401
+
+GROUP = 2 * 2  # --rollout-batch-size 2 x --n-samples-per-prompt 2: samples per rollout
+
+
+class RecordingRewardServer:
+    """--rm-type remote_rm: the reward of a response is a function of its text; every
+    answer is recorded in arrival order."""
+
+    def __init__(self):
+        self.rewards = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                reward = (sum(map(ord, body["response"])) % 7) / 6.0
+                with server.lock:
+                    server.rewards.append(reward)
+                data = json.dumps(reward).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/reward"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def rm():
+    server = RecordingRewardServer()
+    yield server
+    server.close()
+
+
+def flags(model, data, url, *extra):
+    return ["--model", model, "--prompt-data", data, "--input-key", "prompt",
+            "--label-key", "label", "--rollout-batch-size", "2", "--n-samples-per-prompt", "2",
+            "--rollout-max-response-len", "4", "--global-batch-size", "2", "--lr", "1e-2",
+            "--rollout-sampling-seed", "5", "--rm-type", "remote_rm", "--rm-url", url, *extra]
+
+
+def run(*args, check=True, timeout=120):
+    """`anvil ARGS`; on a failure or a timeout the assertion shows its stderr."""
+    try:
+        p = subprocess.run([ANVIL, *args], capture_output=True, text=True, env=ENV,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise AssertionError(f"anvil {' '.join(args)} did not finish in {timeout} s:\n{err}")
+    if check and p.returncode != 0:
+        raise AssertionError(f"anvil {' '.join(args)} failed ({p.returncode}):\n{p.stderr}")
+    return p
+
+
+def lines(path):
+    return [json.loads(l) for l in open(path)]
+
+
+def test_train_logs_every_optimizer_step_through_the_hub(setup, rm):
+    d, model, data = setup
+    out = d / "train-sync"
+    metrics, tb = out / "metrics.jsonl", out / "tb"
+    p = run("train", "--report", str(out / "report.json"),
+            *flags(model, data, rm.url, "--num-rollout", "2", "--metrics-jsonl", str(metrics),
+                   "--use-tensorboard", "--tensorboard-dir", str(tb)))
+    report = json.load(open(out / "report.json"))
+    assert report["ok"] and len(report["rollouts"]) == 2
+    # In one process (no workers): every role placed on the in-process node.
+    assert {pl["node_id"] for pl in report["placement"]} == {"in-process"}
+    m = lines(metrics)
+    # --global-batch-size 2 of 4 samples: two optimizer steps per rollout, numbered globally.
+    assert [l["step"] for l in m] == [0, 1, 2, 3]
+    assert [(l["rollout"], l["weight_version"]) for l in m] == [(0, 1), (0, 1), (1, 2), (1, 2)]
+    for l in m:
+        for key in ("time/rollout", "time/train", "time/sync", "time/step", "perf/tokens_per_s",
+                    "loss", "grad_norm", "lr", "rollout/response_tokens"):
+            assert key in l, (key, l)
+        assert l["time/step"] >= l["time/sync"] > 0 and l["perf/tokens_per_s"] > 0
+        # The synchronous loop trains on samples of the weights it holds.
+        assert l["async/staleness_mean"] == 0 and l["async/staleness_max"] == 0
+    # The rewards the reward model answered, averaged per rollout.
+    assert len(rm.rewards) == 2 * GROUP
+    for k in range(2):
+        want = sum(rm.rewards[k * GROUP:(k + 1) * GROUP]) / GROUP
+        assert all(abs(l["rollout/reward_mean"] - want) < 1e-9 for l in m if l["rollout"] == k)
+    # Response tokens: what the engine generated, as the train role counted them.
+    for k, r in enumerate(report["rollouts"]):
+        assert m[2 * k]["rollout/response_tokens"] == sum(g["response_tokens"] for g in r["generate"])
+    # The console progress line per step on stdout.
+    assert p.stdout.count("step ") >= 4 and "reward" in p.stdout
+    # TensorBoard: one event file with the same scalars.
+    files = os.listdir(tb)
+    assert len(files) == 1 and files[0].startswith("events.out.tfevents.")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    events = acc.Scalars("rollout/reward_mean")
+    assert [e.step for e in events] == [0, 1, 2, 3]
+    assert abs(events[0].value - m[0]["rollout/reward_mean"]) < 1e-6
+
+
+def test_train_async_is_one_step_off(setup, rm):
+    d, model, data = setup
+    out = d / "train-async"
+    metrics = out / "metrics.jsonl"
+    run("train-async", "--report", str(out / "report.json"),
+        *flags(model, data, rm.url, "--num-rollout", "3", "--metrics-jsonl", str(metrics),
+               "--get-mismatch-metrics"))
+    report = json.load(open(out / "report.json"))
+    assert report["ok"] and [r["rollout"] for r in report["rollouts"]] == [0, 1, 2]
+    # Rollout k+1 is generated while k trains: with the weights of version k (rollout 0 and 1
+    # both with the initial weights), one version behind the trainer from rollout 1 on.
+    gen_versions = [r["generate"][0]["weight_version"] for r in report["rollouts"]]
+    assert gen_versions == [0, 0, 1]
+    assert [r["train"][0]["staleness_max"] for r in report["rollouts"]] == [0, 1, 1]
+    # Weights pushed after every rollout (--update-weights-interval 1).
+    assert [r["sync"]["weight_version"] for r in report["rollouts"]] == [1, 2, 3]
+    for r in report["rollouts"]:
+        assert all(e["checksum"] == r["sync"]["checksum"] for e in r["sync"]["engines"])
+    m = lines(metrics)
+    assert [l["async/staleness_mean"] for l in m] == [0, 0, 1, 1, 1, 1]
+    # Train/rollout log-prob mismatch per step: 0 on-policy (fp32 rounding), larger once the
+    # samples are one version old.
+    assert all("train_rollout_logprob_abs_diff" in l and "tis" in l for l in m)
+    assert max(l["train_rollout_logprob_abs_diff"] for l in m[:2]) < 1e-4
+    assert min(l["train_rollout_logprob_abs_diff"] for l in m[2:]) > 1e-4
+    assert all("time/wait_rollout" in l for l in m)
+    # Rewards are those of the reward model, in order (generations never overlap each other).
+    for k in range(3):
+        want = sum(rm.rewards[k * GROUP:(k + 1) * GROUP]) / GROUP
+        assert abs(m[2 * k]["rollout/reward_mean"] - want) < 1e-9
+
+
+def test_train_async_update_weights_interval(setup, rm):
+    d, model, data = setup
+    out = d / "train-async-2"
+    run("train", "--async", "--report", str(out / "report.json"),
+        *flags(model, data, rm.url, "--num-rollout", "3", "--update-weights-interval", "2"))
+    report = json.load(open(out / "report.json"))
+    assert report["ok"]
+    # A push after rollout 1 (every 2) and at the end; none after rollout 0.
+    assert ["sync" in r for r in report["rollouts"]] == [False, True, True]
+    # Rollout 2 was generated while rollout 1 trained, before that push: initial weights.
+    assert [r["generate"][0]["weight_version"] for r in report["rollouts"]] == [0, 0, 0]
+    assert [r["train"][0]["staleness_max"] for r in report["rollouts"]] == [0, 1, 2]
+
+
+def test_colocated_train_offloads_around_generation(setup, rm):
+    d, model, data = setup
+    out = d / "train-colocate"
+    run("train", "--colocate", "--report", str(out / "report.json"),
+        *flags(model, data, rm.url, "--num-rollout", "2"))
+    report = json.load(open(out / "report.json"))
+    assert report["ok"]
+    for r in report["rollouts"]:
+        # The train role gave the device up before generation and took it back before
+        # training (on the CPU nothing moves, and the role says so).
+        assert [o["moved"] for o in r["train_offload"]] == [False]
+        assert [o["moved"] for o in r["train_onload"]] == [False]
+        assert "offload" in r and "onload" in r  # the engines' mirror image
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--colocate"], "--async (anvil train-async) and --colocate cannot be combined"),
+])
+def test_async_refuses_colocate(setup, extra, message):
+    d, model, data = setup
+    p = run("train-async", *flags(model, data, "http://127.0.0.1:9/x", *extra), check=False)
+    assert p.returncode == 1 and message in p.stderr, p.stderr
+
+
+def test_update_weights_interval_needs_async(setup):
+    d, model, data = setup
+    p = run("train", *flags(model, data, "http://127.0.0.1:9/x", "--update-weights-interval",
+                            "2"), check=False)
+    assert p.returncode == 1, p.stderr
+    assert "--update-weights-interval 2 needs --async" in p.stderr
