@@ -5,16 +5,17 @@
 #   1. anvil make-task arithmetic   train / held-out problems ("67+3=" -> "70") from a seed
 #   2. anvil init-model             a random tiny Qwen3 (its tokenizer splits digits)
 #   3. anvil sft                    a short supervised warm start, stopped part-trained
-#   4. anvil head                   GRPO (examples/arithmetic_grpo.yaml), reward exact_match:
+#   4. anvil train                  GRPO (examples/arithmetic_grpo.yaml), reward exact_match:
 #                                   ANVIL_DEMO_MODE=sync runs every role on threads of one
-#                                   process (--in-process); processes runs anvil head plus one
-#                                   local anvil worker whose roles are processes of their own
+#                                   process; async the same with one-step-off generation
+#                                   (--async); processes runs `anvil train --workers 1` as the
+#                                   head plus one local anvil worker whose roles are processes
 #   5. anvil eval                   after each phase: greedy accuracy, and sampled (T=1)
 #                                   accuracy / pass@k over several samples per problem
 # Environment (defaults in brackets): ANVIL_DEMO_SEED [0], ANVIL_DEMO_DIR [runs/demo],
 # ANVIL_DEMO_TRAIN [800], ANVIL_DEMO_EVAL [200], ANVIL_DEMO_SFT_STEPS [400],
 # ANVIL_DEMO_ROLLOUTS [100], ANVIL_DEMO_EVAL_SAMPLES [4], ANVIL_DEMO_THREADS [1],
-# ANVIL_DEMO_MODE [sync] (sync | processes),
+# ANVIL_DEMO_MODE [sync] (sync | async | processes),
 # ANVIL_BIN (skip set-up and build, use this anvil binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,11 +74,12 @@ GRPO=(--config examples/arithmetic_grpo.yaml --model "$RUN/sft"
   --num-rollout "$ROLLOUTS" --save "$RUN/grpo_ckpt" --save-interval "$ROLLOUTS"
   --metrics-jsonl "$RUN/grpo_metrics.jsonl" --report "$RUN/grpo_report.json")
 case $MODE in
-  sync) "$A" head --in-process "${GRPO[@]}" ;;
+  sync) "$A" train "${GRPO[@]}" ;;
+  async) "$A" train --async "${GRPO[@]}" ;;
   processes)
     # The head listens on a free local port; one worker offers two CPU slots (train rank,
     # rollout engine) and runs every role as an `anvil actor` process of its own.
-    "$A" head --listen 127.0.0.1:0 --workers 1 --token-file "$RUN/job.token" \
+    "$A" train --listen 127.0.0.1:0 --workers 1 --token-file "$RUN/job.token" \
       --port-file "$RUN/head.port" "${GRPO[@]}" &
     head_pid=$!
     for _ in $(seq 600); do
@@ -91,9 +93,9 @@ case $MODE in
     status=0
     wait "$head_pid" || status=$?
     wait "$worker_pid" || true
-    [ "$status" -eq 0 ] || { echo "demo: anvil head failed ($status); role logs in $RUN/worker_logs" >&2; exit "$status"; }
+    [ "$status" -eq 0 ] || { echo "demo: anvil train failed ($status); role logs in $RUN/worker_logs" >&2; exit "$status"; }
     ;;
-  *) echo "demo: ANVIL_DEMO_MODE must be sync or processes, got '$MODE'" >&2; exit 2 ;;
+  *) echo "demo: ANVIL_DEMO_MODE must be sync, async or processes, got '$MODE'" >&2; exit 2 ;;
 esac
 # The checkpoint's model/ holds config and weights; add the tokenizer files for a complete
 # HuggingFace directory.

@@ -1,6 +1,6 @@
 """scripts/demo.sh end to end at small sizes (the pipeline, not its accuracy): make-task,
-init-model, SFT, GRPO through `anvil head` (in one process, and as head + a local worker whose
-roles are processes), and `anvil eval` after each phase.
+init-model, SFT, GRPO through `anvil train` (sync and one-step-off async in one process, and
+as head + a local worker whose roles are processes), and `anvil eval` after each phase.
 Checks the printed held-out accuracy lines, the eval JSON, the GRPO report, and that each
 phase really changed the weights and left a complete HuggingFace directory."""
 import json
@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ANVIL = os.environ.get("ANVIL_BIN", "anvil")
 
 
-@pytest.mark.parametrize("mode", ["sync", "processes"])
+@pytest.mark.parametrize("mode", ["sync", "async", "processes"])
 def test_demo_pipeline(tmp_path, mode):
     run = tmp_path / "demo"
     env = {**os.environ, "ANVIL_BIN": ANVIL, "ANVIL_DEMO_DIR": str(run), "ANVIL_DEMO_SEED": "1",
@@ -44,7 +44,11 @@ def test_demo_pipeline(tmp_path, mode):
     assert report["ok"] and len(report["rollouts"]) == 2
     # processes: the roles ran under the demo's local worker, not in the head
     nodes = {p["node_id"] for p in report["placement"]}
-    assert nodes == ({"in-process"} if mode == "sync" else {"demo"}), report["placement"]
+    assert nodes == ({"demo"} if mode == "processes" else {"in-process"}), report["placement"]
+    # sync: rollout k is generated with weight version k; async (one-step-off): rollout 1 is
+    # generated while rollout 0 trains, so with version 0 again
+    versions = [r["generate"][0]["weight_version"] for r in report["rollouts"]]
+    assert versions == ([0, 0] if mode == "async" else [0, 1]), versions
     for r in report["rollouts"]:
         assert sum(g["samples"] for g in r["generate"]) == 32 * 8
         # 60 SFT steps leave the model answering some problems, so the groups' rewards differ
