@@ -490,3 +490,143 @@ TEST(Engine, BackgroundThreadServesConcurrentSubmitters) {
   for (int i = 0; i < 4; ++i)
     EXPECT_EQ(outs[i].output_ids, greedy_reference(*model, prompt(9, i), 10));
 }
+
+// ---------------------------------------------------------------------------------------
+// Batched attention over the pool (KVPool::attend) against the per-sequence path
+
+namespace {
+
+// One forward of `chunks` (slot -> new tokens) through `cache`; logits [T, V].
+at::Tensor cached_forward(const DecoderModel& m, anvil::models::KVStore& cache,
+                          const std::vector<std::pair<int64_t, std::vector<int64_t>>>& chunks) {
+  anvil::models::PackedBatch b;
+  std::vector<int64_t> tokens, positions;
+  for (const auto& [slot, ids] : chunks) {
+    const int64_t past = cache.length(slot);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      tokens.push_back(ids[i]);
+      positions.push_back(past + static_cast<int64_t>(i));
+    }
+    b.seq_lens.push_back(static_cast<int64_t>(ids.size()));
+    b.cache_slots.push_back(slot);
+  }
+  b.tokens = at::tensor(tokens, at::kLong);
+  b.positions = at::tensor(positions, at::kLong);
+  return m.forward(b, &cache);
+}
+
+}  // namespace
+
+// Sequences of different lengths go through prefill chunks, a mixed step (chunks + decodes)
+// and decode-only steps (one padded batched call with a mask) in the paged pool; every
+// row's logits must equal the contiguous KVCache's per-sequence append() path within 1e-5
+// (fp32; only the summation order of the attention differs).
+TEST(KVPool, BatchedAttentionEqualsPerSequencePath) {
+  at::NoGradGuard g;
+  auto model = tiny_model();
+  const ModelConfig& c = model->config();
+  KVPool pool(KVPoolShape{c.num_hidden_layers, c.num_key_value_heads, c.head_dim, 4, 64},
+              at::TensorOptions());
+  anvil::models::KVCache ref(c.num_hidden_layers);
+  std::vector<std::vector<std::pair<int64_t, std::vector<int64_t>>>> steps = {
+      {{0, prompt(3, 1)}, {1, prompt(9, 2)}},             // prefill chunks only
+      {{2, prompt(6, 3)}, {0, {5}}, {1, {7}}},            // one chunk + two decodes
+      {{0, {1}}, {1, {2}}, {2, {3}}},                     // decode only, lengths differ
+      {{1, prompt(5, 4)}, {2, {9}}},                      // a second chunk on a cache
+      {{2, {11}}, {1, {12}}, {0, {13}}},                  // decode, other order
+      {{3, prompt(1, 5)}, {0, {4}}, {1, {6}}, {2, {8}}},  // a one-token prompt decodes
+  };
+  double worst = 0;
+  for (size_t s = 0; s < steps.size(); ++s) {
+    for (const auto& [slot, ids] : steps[s]) {
+      ASSERT_TRUE(pool.reserve(slot, pool.length(slot) + static_cast<int64_t>(ids.size())));
+    }
+    at::Tensor a = cached_forward(*model, pool, steps[s]);
+    at::Tensor b = cached_forward(*model, ref, steps[s]);
+    ASSERT_EQ(a.sizes(), b.sizes());
+    const double d = (a - b).abs().max().item<double>();
+    EXPECT_LE(d, 1e-5) << "step " << s;
+    worst = std::max(worst, d);
+  }
+  std::printf("paged batched attention vs per-sequence: max |logit diff| = %.3g\n", worst);
+}
+
+// ---------------------------------------------------------------------------------------
+// Top log-probs and streaming events
+
+TEST(Engine, TopLogprobsEqualADirectSoftmax) {
+  at::NoGradGuard g;
+  auto model = tiny_model();
+  Engine engine(model, manual());
+  const double temperature = 0.7;
+  auto r = req(prompt(11, 4), temperature, 6, 9);
+  r.top_logprobs_num = 5;
+  GenerateOutput out = engine.generate({r})[0];
+  ASSERT_EQ(out.output_top_logprobs.size(), out.output_ids.size());
+  std::vector<int64_t> seq = out.input_ids;
+  seq.insert(seq.end(), out.output_ids.begin(), out.output_ids.end());
+  at::Tensor logits = model->forward(anvil::models::PackedBatch::pack({seq}, at::kCPU));
+  at::Tensor lp = at::log_softmax(logits.to(at::kDouble) / temperature, -1);  // [T, V]
+  double worst = 0;
+  for (size_t i = 0; i < out.output_ids.size(); ++i) {
+    at::Tensor row = lp[static_cast<int64_t>(out.input_ids.size() + i) - 1];
+    auto [values, ids] = at::topk(row, 5);
+    const auto& top = out.output_top_logprobs[i];
+    ASSERT_EQ(top.size(), 5u);
+    for (int64_t k = 0; k < 5; ++k) {
+      EXPECT_EQ(top[static_cast<size_t>(k)].first, ids[k].item<int64_t>()) << "token " << i;
+      worst =
+          std::max(worst, std::abs(top[static_cast<size_t>(k)].second - values[k].item<double>()));
+      if (k > 0)
+        EXPECT_GE(top[static_cast<size_t>(k) - 1].second, top[static_cast<size_t>(k)].second);
+    }
+    // The sampled token's log-prob is the same number in both lists when it is in the top.
+    for (const auto& [id, value] : top) {
+      if (id == out.output_ids[i]) EXPECT_EQ(value, out.output_logprobs[i]);
+    }
+  }
+  std::printf("top log-probs vs direct log_softmax: max |diff| = %.3g\n", worst);
+  EXPECT_LE(worst, 1e-5);
+  // k larger than the vocabulary is clamped; k = 0 gives none; negative is refused.
+  r.top_logprobs_num = kVocab + 10;
+  EXPECT_EQ(engine.generate({r})[0].output_top_logprobs.at(0).size(), static_cast<size_t>(kVocab));
+  r.top_logprobs_num = 0;
+  EXPECT_TRUE(engine.generate({r})[0].output_top_logprobs.empty());
+  r.top_logprobs_num = -1;
+  try {
+    engine.submit(r);
+    FAIL() << "negative top_logprobs_num accepted";
+  } catch (const anvil::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("top_logprobs_num"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Engine, OnTokenEventsGrowToTheFinalOutput) {
+  auto model = tiny_model();
+  Engine engine(model, manual(4096, 4, 16));
+  auto r = req(prompt(20, 6), 0.9, 12, 5);
+  r.params.n = 2;
+  r.top_logprobs_num = 2;
+  std::map<int64_t, std::vector<std::vector<int64_t>>> events;  // sample -> outputs so far
+  std::map<int64_t, size_t> at_finish;                          // events seen when on_finish ran
+  r.on_token = [&](const anvil::engine::TokenEvent& e) {
+    ASSERT_EQ(e.output_logprobs.size(), e.output_ids.size());
+    ASSERT_EQ(e.output_top_logprobs.size(), e.output_ids.size());
+    events[e.sample_index].emplace_back(e.output_ids.begin(), e.output_ids.end());
+  };
+  r.on_finish = [&](const GenerateOutput& o) {
+    at_finish[o.sample_index] = events[o.sample_index].size();
+  };
+  auto outs = engine.generate({r});
+  ASSERT_EQ(outs.size(), 2u);
+  for (const auto& o : outs) {
+    const auto& ev = events[o.sample_index];
+    ASSERT_EQ(ev.size(), 12u);  // one event per token
+    for (size_t i = 0; i < ev.size(); ++i) {
+      ASSERT_EQ(ev[i].size(), i + 1);
+      EXPECT_TRUE(std::equal(ev[i].begin(), ev[i].end(), o.output_ids.begin()));
+    }
+    EXPECT_EQ(at_finish[o.sample_index], 12u);  // the last event precedes on_finish
+  }
+  EXPECT_NE(outs[0].output_ids, outs[1].output_ids);
+}
