@@ -553,8 +553,15 @@ std::vector<std::pair<std::string, at::Tensor>> parse_named_tensors(const json& 
           "string is SGLang's pickled CUDA IPC form, which only a Python SGLang can read)");
     }
     for (size_t i = 0; i < list.size(); ++i) {
-      const std::string where = fmt::format("serialized_named_tensors[{}]", i);
+      const std::string where = lists.size() > 1
+                                    ? fmt::format("serialized_named_tensors[{}][{}]", li, i)
+                                    : fmt::format("serialized_named_tensors[{}]", i);
       const json& t = list[i];
+      if (t.is_string()) {
+        bad(where +
+            " is a string: SGLang's pickled CUDA IPC form, which only a Python SGLang "
+            "can read; send {name, dtype, shape, data (base64)} objects");
+      }
       if (!t.is_object()) bad(where + " must be an object with name, dtype, shape, data");
       const json* name = opt(t, "name");
       const json* dtype = opt(t, "dtype");

@@ -4,11 +4,14 @@ and malformed requests (bad JSON, wrong types, too-long prompts, unknown fields 
 rules: ignored at the top level, rejected inside sampling_params). The server must keep
 serving after each error."""
 
+import base64
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -264,3 +267,180 @@ def test_shutdown_on_sigterm(model):
     s = Server(model)
     assert s.get("/health")[0] == 200
     assert s.stop() == 0
+
+
+# --- streaming (SSE through a real HTTP client) ----------------------------------------
+
+def sse(srv, path, body, timeout=120):
+    """POSTs `body` and reads the text/event-stream: the JSON of each `data:` line, up to
+    [DONE] (which must come last)."""
+    req = urllib.request.Request(srv.url + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    events, done = [], False
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        for raw in resp:
+            line = raw.decode().rstrip("\n")
+            if not line:
+                continue
+            assert line.startswith("data: "), line
+            assert not done, "data after [DONE]"
+            if line == "data: [DONE]":
+                done = True
+            else:
+                events.append(json.loads(line[len("data: "):]))
+    assert done
+    return events
+
+
+def test_generate_stream_ends_with_the_non_stream_result(srv):
+    body = {"input_ids": [3, 1, 4, 1, 5], "sampling_params": greedy(10),
+            "return_logprob": True, "top_logprobs_num": 3, "return_text_in_logprobs": True}
+    status, ref = srv.post("/generate", body)
+    assert status == 200, ref
+    events = sse(srv, "/generate", {**body, "stream": True})
+    assert len(events) == 11  # one per token, then the final result
+    for i, e in enumerate(events[:-1]):
+        assert e["output_ids"] == ref["output_ids"][:i + 1]
+        assert e["meta_info"]["finish_reason"] is None
+        assert len(e["meta_info"]["output_token_logprobs"]) == i + 1
+    last = events[-1]
+    assert last["output_ids"] == ref["output_ids"] and last["text"] == ref["text"]
+    assert last["meta_info"]["finish_reason"] == ref["meta_info"]["finish_reason"]
+    assert last["meta_info"]["output_token_logprobs"] == ref["meta_info"]["output_token_logprobs"]
+    assert last["meta_info"]["output_top_logprobs"] == ref["meta_info"]["output_top_logprobs"]
+    # Top log-probs: k entries, most likely first, the greedy token first with its own
+    # log-prob; return_text_in_logprobs fills the token text.
+    for (lp, tok, text), top in zip(ref["meta_info"]["output_token_logprobs"],
+                                    ref["meta_info"]["output_top_logprobs"]):
+        assert len(top) == 3 and top[0][1] == tok and top[0][0] == lp
+        assert [t[0] for t in top] == sorted([t[0] for t in top], reverse=True)
+        assert isinstance(text, str)
+    # A batch streams every item, each event tagged with its index.
+    events = sse(srv, "/generate", {"input_ids": [[1, 2], [3, 4, 5]],
+                                    "sampling_params": [greedy(3), greedy(5)], "stream": True})
+    finals = {e["index"]: e for e in events if e["meta_info"]["finish_reason"] is not None}
+    assert sorted(finals) == [0, 1]
+    assert [len(finals[i]["output_ids"]) for i in (0, 1)] == [3, 5]
+    for i, ids in enumerate([[1, 2], [3, 4, 5]]):
+        _, alone = srv.post("/generate", {"input_ids": ids, "sampling_params": greedy(3 + 2 * i)})
+        assert finals[i]["output_ids"] == alone["output_ids"]
+
+
+def test_openai_stream_deltas_concatenate_to_the_non_stream_result(srv):
+    body = {"prompt": "Hello", "max_tokens": 9, "temperature": 0, "ignore_eos": True,
+            "logprobs": 2}
+    status, ref = srv.post("/v1/completions", body)
+    assert status == 200, ref
+    rc = ref["choices"][0]
+    assert all(len(t) <= 2 for t in rc["logprobs"]["top_logprobs"])
+    chunks = sse(srv, "/v1/completions",
+                 {**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert all(c["object"] == "text_completion" and c["id"] == chunks[0]["id"] for c in chunks)
+    usage = chunks[-1]
+    assert usage["choices"] == [] and usage["usage"] == ref["usage"]
+    text = "".join(c["choices"][0]["text"] for c in chunks[:-1])
+    assert text == rc["text"]
+    tokens = [t for c in chunks[:-1] for t in c["choices"][0]["logprobs"]["tokens"]]
+    values = [v for c in chunks[:-1] for v in c["choices"][0]["logprobs"]["token_logprobs"]]
+    assert tokens == rc["logprobs"]["tokens"] and values == rc["logprobs"]["token_logprobs"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]][-1] == "length"
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-2])
+    # Chat: the role comes in the first delta; contents concatenate to the message.
+    body = {"messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 7,
+            "temperature": 0, "ignore_eos": True, "logprobs": True, "top_logprobs": 2}
+    status, ref = srv.post("/v1/chat/completions", body)
+    assert status == 200, ref
+    chunks = sse(srv, "/v1/chat/completions", {**body, "stream": True})
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    content = "".join(c["choices"][0]["delta"]["content"] for c in chunks)
+    assert content == ref["choices"][0]["message"]["content"]
+    lps = [x for c in chunks for x in c["choices"][0]["logprobs"]["content"]]
+    assert lps == ref["choices"][0]["logprobs"]["content"]
+    assert all(len(x["top_logprobs"]) == 2 for x in lps)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert "usage" not in chunks[-1]
+    status, r = srv.post("/v1/chat/completions", {**body, "stream_options": 3})
+    assert status == 400 and "stream_options" in r["error"]["message"]
+
+
+# --- /update_weights_from_tensor --------------------------------------------------------
+
+def tensor_item(name, t):
+    import torch
+    dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16",
+             torch.float16: "float16"}[t.dtype]
+    raw = t.contiguous().view(torch.uint8).numpy().tobytes()
+    return {"name": name, "dtype": dtype, "shape": list(t.shape),
+            "data": base64.b64encode(raw).decode()}
+
+
+def test_update_weights_from_tensor_equals_restart_from_checkpoint(srv, model, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+    body = {"input_ids": [2, 7, 1, 8, 2, 8], "sampling_params": greedy(8),
+            "return_logprob": True}
+    _, before = srv.post("/generate", body)
+    files = [f for f in os.listdir(model) if f.endswith(".safetensors")]
+    assert len(files) == 1
+    weights = load_file(os.path.join(model, files[0]))
+    g = torch.Generator().manual_seed(0)
+    changed = {n: t + 0.5 * torch.randn(t.shape, generator=g, dtype=t.dtype)
+               for n, t in weights.items() if n.endswith("mlp.down_proj.weight")
+               or n == "lm_head.weight" or n == "model.embed_tokens.weight"}
+    assert changed
+    # The same checkpoint with the changed tensors, served by a fresh server.
+    other = tmp_path / "changed"
+    shutil.copytree(model, other)
+    save_file({**weights, **changed}, str(other / files[0]), metadata={"format": "pt"})
+    with Server(str(other)) as fresh:
+        _, restarted = fresh.post("/generate", body)
+    status, r = srv.post("/update_weights_from_tensor", {
+        "serialized_named_tensors": [tensor_item(n, t) for n, t in changed.items()],
+        "weight_version": "pushed", "flush_cache": True})
+    assert status == 200 and r["success"], r
+    assert srv.get("/get_weight_version")[1] == {"weight_version": "pushed"}
+    _, pushed = srv.post("/generate", body)
+    assert pushed["output_ids"] == restarted["output_ids"]
+    a = [x[0] for x in pushed["meta_info"]["output_token_logprobs"]]
+    b = [x[0] for x in restarted["meta_info"]["output_token_logprobs"]]
+    c = [x[0] for x in before["meta_info"]["output_token_logprobs"]]
+    assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5
+    assert pushed["output_ids"] != before["output_ids"] or \
+        max(abs(x - y) for x, y in zip(a, c)) > 1e-3  # the push changed the model
+    # Per-rank lists (SGLang's tensor-parallel layout) and bfloat16 are accepted; pushing
+    # the original tensors back restores the original outputs.
+    originals = [tensor_item(n, weights[n]) for n in changed]
+    status, r = srv.post("/update_weights_from_tensor", {
+        "serialized_named_tensors": [originals], "weight_version": "v0"})
+    assert status == 200 and r["success"], r
+    _, back = srv.post("/generate", body)
+    assert back["output_ids"] == before["output_ids"]
+    assert back["meta_info"]["output_token_logprobs"] == before["meta_info"]["output_token_logprobs"]
+
+
+@pytest.mark.parametrize("items,needle", [
+    (None, "serialized_named_tensors is required"),
+    (["gASVpickled"], "pickled CUDA IPC"),
+    ([{"name": "lm_head.weight"}], "serialized_named_tensors[0] needs name, dtype, shape"),
+    ([{"name": "x", "dtype": "int8", "shape": [1], "data": "AA=="}],
+     "serialized_named_tensors[0].dtype"),
+    ([{"name": "x", "dtype": "float32", "shape": [2], "data": "AAAAAA=="}],
+     "serialized_named_tensors[0].data holds 4 bytes; shape and dtype need 8"),
+    ([{"name": "x", "dtype": "float32", "shape": [1], "data": "A*AA"}],
+     "serialized_named_tensors[0].data is not base64"),
+    ([{"name": "x", "dtype": "float32", "shape": "1", "data": "AAAAAA=="}],
+     "serialized_named_tensors[0].shape"),
+    ([{"name": "model.no_such.weight", "dtype": "float32", "shape": [1], "data": "AAAAAA=="}],
+     "model.no_such.weight"),
+    ([{"name": "lm_head.weight", "dtype": "float32", "shape": [1], "data": "AAAAAA=="}],
+     "lm_head.weight"),
+])
+def test_bad_tensor_payloads_are_400_naming_the_field(srv, items, needle):
+    body = {} if items is None else {"serialized_named_tensors": items}
+    status, r = srv.post("/update_weights_from_tensor", body)
+    assert status == 400, r
+    assert needle in r["error"]["message"], r
+    assert srv.get("/get_weight_version")[0] == 200
