@@ -47,6 +47,10 @@ struct HeadOptions {
   // --async (anvil train-async): one-step-off pipeline; rollout k+1 is generated while
   // rollout k trains; weights go to the engines every --update-weights-interval rollouts.
   bool async = false;
+  // --loss-type sft_loss: SFT in the loop. Only the train ranks are placed (no rollout,
+  // reference or weight-sync role); each step the train ranks read --global-batch-size
+  // samples of the dataset (token-exact SFT loss masks) and train on them.
+  bool sft = false;
   int64_t update_weights_interval = 1;
   std::vector<std::string> job_args;  // the job flags, forwarded to every role process
   // --in-process: creates the compute object of a role (nullptr for weight-sync).

@@ -127,7 +127,21 @@ class Controller {
   void place_in_process();
   void start_job();
   void run_rollout();
-  void next_rollout() { st_->options.async ? run_async_rollout() : run_rollout(); }
+  void next_rollout() {
+    if (st_->options.sft) {
+      run_sft_step();
+    } else if (st_->options.async) {
+      run_async_rollout();
+    } else {
+      run_rollout();
+    }
+  }
+  void run_sft_step();
+  // SFT mode places the train ranks only.
+  void keep_sft_roles(std::vector<runtime::RolePlacement>& placement) {
+    if (!st_->options.sft) return;
+    std::erase_if(placement, [](const runtime::RolePlacement& p) { return p.role != "train"; });
+  }
   void run_async_rollout();
   void start_generation(uint64_t k);
   void when_generated(uint64_t k, std::function<void()> then);
@@ -267,6 +281,7 @@ void Controller::place_and_spawn() {
     fail(std::string("placement: ") + e.what());
     return;
   }
+  keep_sft_roles(placement);
   st_->phase = HeadState::Phase::Roles;
   nlohmann::json args = st_->options.job_args;
   for (const auto& p : placement) {
@@ -300,6 +315,7 @@ void Controller::place_in_process() {
     fail(std::string("placement: ") + e.what());
     return;
   }
+  keep_sft_roles(placement);
   for (const auto& p : placement) {
     std::string k = key(p.role, p.rank);
     st_->role_order.push_back(k);
@@ -606,6 +622,30 @@ void Controller::run_async_rollout() {
           }
         });
   });
+}
+
+// SFT in the loop: one optimizer step per "rollout" on --global-batch-size samples that the
+// train ranks read from the dataset themselves (parts = 0); no weights go anywhere.
+void Controller::run_sft_step() {
+  if (st_->rollout >= st_->options.num_rollout) {
+    finish_ok();
+    return;
+  }
+  const uint64_t k = static_cast<uint64_t>(st_->rollout);
+  if (st_->hub) {
+    st_->hub->set_status("running", "SFT step " + std::to_string(k) + " of " +
+                                        std::to_string(st_->options.num_rollout));
+  }
+  const double t0 = now_s();
+  ask_all(
+      roles_of("train"),
+      [=](RoleEntry&) { return role_message(train_atom::value, k, uint64_t{0}); },
+      [=, this](std::vector<nlohmann::json> replies) {
+        nlohmann::json report = {{"rollout", k}, {"train", replies}, {"time", {{"start", t0}}}};
+        L()->info("SFT step {} trained ({} samples, loss {})", k, replies[0].value("samples", 0),
+                  replies[0]["steps"].empty() ? 0.0 : replies[0]["steps"][0].value("loss", 0.0));
+        finish_rollout(std::move(report));
+      });
 }
 
 void Controller::start_generation(uint64_t k) {

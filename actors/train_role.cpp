@@ -8,6 +8,9 @@
 #include "backends/fsdp/fsdp.hpp"
 #include "backends/models/weights.hpp"
 #include "backends/train/checkpoint.hpp"
+#include "rollout/data/conversation.hpp"
+#include "rollout/data/prefetch_queue.hpp"
+#include "rollout/data/sample_loader.hpp"
 #include "runtime/crc32c.hpp"
 #include "runtime/data_plane.hpp"
 
@@ -20,6 +23,7 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <optional>
 
 namespace anvil::actors {
 
@@ -155,10 +159,13 @@ class TrainRole final : public Role {
     o.host = ctx_.bind_host;
     receiver_ = std::make_unique<runtime::RolloutReceiver>(ctx_.token, o);
     cancel_target_.store(receiver_.get());
+    if (job_.train.loss.loss_type == "sft_loss") start_sft_data();
     return info();
   }
 
   std::string train(uint64_t first_id, uint64_t parts) override {
+    // SFT mode (--loss-type sft_loss): no rollout role; this rank reads the batch itself.
+    if (parts == 0) return train_sft(first_id);
     uint64_t rollout_id = first_id;
     runtime::Rollout r;
     for (uint64_t i = 0; i < parts; ++i) {
@@ -297,6 +304,89 @@ class TrainRole final : public Role {
   std::string onload() override { return move_state(/*to_host=*/false); }
 
  private:
+  // ---- SFT mode: the "rollout function" is the dataset ----------------------------------
+  // Every rank reads the same deterministic sample order (the Trainer picks each rank's
+  // micro-batches from the global batch, as with rollouts): conversations rendered with the
+  // chat template, token-exact loss masks on the assistant tokens (rollout/data, sft mode).
+  void start_sft_data() {
+    sft_chat_ =
+        std::make_unique<data::ChatTokenizer>(data::ChatTokenizer::from_model_dir(job_.model));
+    sft_source_ = std::make_unique<data::PromptSource>(job_.data);
+    sft_loader_ = std::make_unique<data::SampleLoader>(*sft_source_, *sft_chat_,
+                                                       data::LoaderMode::Sft, job_.data);
+    sft_cursor_ = sft_source_->cursor();
+    if (job_.data.prefetch > 0) {
+      sft_queue_.emplace([this] { return sft_loader_->next(); },
+                         static_cast<size_t>(job_.data.prefetch));
+    }
+  }
+
+  // An encoded conversation as a trainer sample (as `anvil sft` does): the response starts
+  // at the first trained token, with at least one token of context before it.
+  static std::optional<train::TrainSample> sft_sample(const data::Encoded& e) {
+    size_t first = 0;
+    while (first < e.loss_mask.size() && e.loss_mask[first] == 0) ++first;
+    if (first == e.loss_mask.size()) return std::nullopt;
+    first = std::max<size_t>(first, 1);
+    if (first >= e.ids.size()) return std::nullopt;
+    train::TrainSample s;
+    s.tokens.assign(e.ids.begin(), e.ids.end());
+    s.response_length = static_cast<int64_t>(e.ids.size() - first);
+    for (size_t i = first; i < e.loss_mask.size(); ++i) s.loss_mask.push_back(e.loss_mask[i]);
+    return s;
+  }
+
+  std::string train_sft(uint64_t step_id) {
+    if (!sft_loader_) {
+      fail("train rank {}: asked for an SFT step but --loss-type is {}", ctx_.rank,
+           job_.train.loss.loss_type);
+    }
+    const int64_t gbs = job_.train.schedule.global_batch_size;
+    const double depth = sft_queue_ ? static_cast<double>(sft_queue_->depth()) : 0.0;
+    std::vector<train::TrainSample> batch;
+    while (static_cast<int64_t>(batch.size()) < gbs) {
+      auto t = sft_queue_ ? sft_queue_->pop() : sft_loader_->next();
+      if (!t) {
+        fail(
+            "SFT step {}: the data ran out after {} of --global-batch-size {} samples "
+            "(fewer --num-rollout steps, or more --num-epoch)",
+            step_id, batch.size(), gbs);
+      }
+      sft_cursor_ = t->cursor;
+      auto s = sft_sample(t->encoded);
+      if (!s) {
+        sft_source_->note_skipped(*t->sample);
+        continue;
+      }
+      batch.push_back(std::move(*s));
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    std::vector<train::Metrics> steps = trainer_->train_rollout(batch);
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ++version_;
+    nlohmann::json out = {{"rollout_id", step_id},
+                          {"rank", ctx_.rank},
+                          {"world_size", world_},
+                          {"samples", batch.size()},
+                          {"weight_version", version_},
+                          {"seconds", seconds},
+                          {"optimizer_steps", trainer_->steps()}};
+    out["steps"] = nlohmann::json::array();
+    for (const auto& m : steps) {
+      nlohmann::json step;
+      for (const auto& [k, v] : m) step[k] = json_number(v);
+      const double loss = m.count("loss") ? m.at("loss") : 0.0;
+      sft_tokens_seen_ += m.count("tokens") ? m.at("tokens") : 0.0;
+      step["sft/loss"] = json_number(loss);
+      if (job_.train.loss.calculate_per_token_loss) step["sft/per_token_loss"] = json_number(loss);
+      step["sft/tokens_seen"] = sft_tokens_seen_;
+      step["sft/epoch"] = sft_cursor_.epoch;
+      step["data/prefetch_queue_depth"] = depth;
+      out["steps"].push_back(step);
+    }
+    return out.dump();
+  }
+
   // --load: the checkpoint's weights, AdamW moments and step (the LR schedule follows it)
   // and RNG, on one rank or resharded onto this group; the weight version continues from it.
   void load_checkpoint() {
@@ -400,6 +490,13 @@ class TrainRole final : public Role {
   std::map<std::string, std::unique_ptr<runtime::WeightPusher>> pushers_;  // by endpoint
   uint64_t version_ = 0;
   int64_t loaded_iteration_ = -1;  // --load: the checkpoint's iteration
+  // SFT mode (--loss-type sft_loss).
+  std::unique_ptr<data::ChatTokenizer> sft_chat_;
+  std::unique_ptr<data::PromptSource> sft_source_;
+  std::unique_ptr<data::SampleLoader> sft_loader_;
+  std::optional<data::PrefetchQueue<data::TokenizedSample>> sft_queue_;
+  data::DataCursor sft_cursor_;
+  double sft_tokens_seen_ = 0;
 };
 
 }  // namespace

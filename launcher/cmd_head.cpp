@@ -102,6 +102,10 @@ int run_head_cmd(HeadArgs& a, const std::vector<std::string>& extras) {
          job->update_weights_interval);
   }
   a.head.update_weights_interval = job->update_weights_interval;
+  a.head.sft = job->train.loss.loss_type == "sft_loss";
+  if (a.head.sft && (a.head.async || job->placement.colocate)) {
+    fail("--loss-type sft_loss trains without rollouts: --async and --colocate do not apply");
+  }
   a.head.metrics.jsonl_path = job->metrics_jsonl;
   a.head.metrics.use_tensorboard = job->use_tensorboard;
   a.head.metrics.tensorboard_dir = job->tensorboard_dir;

@@ -202,3 +202,70 @@ def test_update_weights_interval_needs_async(setup):
                             "2"), check=False)
     assert p.returncode == 1, p.stderr
     assert "--update-weights-interval 2 needs --async" in p.stderr
+
+
+@pytest.fixture(scope="module")
+def chat_data(setup):
+    d, model, data = setup
+    path = d / "chat.jsonl"
+    with open(path, "w") as f:
+        for i in range(12):
+            msgs = [{"role": "user", "content": f"what is {i} plus {i}?"},
+                    {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]
+            f.write(json.dumps({"messages": msgs}) + "\n")
+    return str(path)
+
+
+SFT = ["--input-key", "messages", "--global-batch-size", "4", "--micro-batch-size", "2",
+       "--lr", "2e-3", "--calculate-per-token-loss", "--rollout-shuffle"]
+
+
+def test_sft_in_the_loop_equals_anvil_sft(setup, chat_data):
+    """--loss-type sft_loss: only the train role runs; its steps are `anvil sft`'s."""
+    d, model, _ = setup
+    out = d / "loop-sft"
+    metrics = out / "metrics.jsonl"
+    run("train", "--report", str(out / "report.json"), "--model", model,
+        "--prompt-data", chat_data, "--loss-type", "sft_loss", "--num-rollout", "3",
+        "--metrics-jsonl", str(metrics), "--save", str(out / "ckpt"), *SFT)
+    report = json.load(open(out / "report.json"))
+    assert report["ok"] and len(report["rollouts"]) == 3
+    assert [p["role"] for p in report["placement"]] == ["train"]
+    m = lines(metrics)
+    assert [l["step"] for l in m] == [0, 1, 2]
+    for l in m:
+        for key in ("sft/loss", "sft/per_token_loss", "sft/tokens_seen", "sft/epoch",
+                    "data/prefetch_queue_depth", "grad_norm", "lr"):
+            assert key in l, (key, l)
+    assert m[0]["sft/tokens_seen"] < m[1]["sft/tokens_seen"] < m[2]["sft/tokens_seen"]
+    # The oracle: `anvil sft` on the same data and flags, one process, no actors.
+    ref = out / "sft.jsonl"
+    run("sft", "--model", model, "--prompt-data", chat_data, "--num-steps", "3",
+        "--metrics-jsonl", str(ref), *SFT)
+    r = lines(ref)
+    assert len(r) == 3
+    for a, b in zip(m, r):
+        assert abs(a["sft/loss"] - b["sft/loss"]) <= 1e-6, (a, b)
+        assert a["sft/tokens_seen"] == b["sft/tokens_seen"]
+    assert (out / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+
+
+def test_rl_from_the_sft_checkpoint(setup, chat_data, rm):
+    d, model, data = setup
+    sft = d / "loop-sft" / "ckpt"
+    if not sft.exists():
+        pytest.skip("needs test_sft_in_the_loop_equals_anvil_sft's checkpoint")
+    out = d / "rl-after-sft"
+    run("train", "--report", str(out / "report.json"),
+        *flags(model, data, rm.url, "--num-rollout", "1", "--load", str(sft), "--finetune",
+               "--save", str(out / "ckpt")))
+    report = json.load(open(out / "report.json"))
+    assert report["ok"]
+    # The engines and the trainer started from the SFT weights (version 0 = the checkpoint's).
+    import numpy as np
+    from safetensors.numpy import load_file
+    a = load_file(str(sft / "iter_0000003" / "model" / "model.safetensors"))
+    b = load_file(os.path.join(model, "model.safetensors"))
+    name = next(k for k in a if k.endswith("q_proj.weight"))
+    assert not np.array_equal(a[name], b[name])
+    assert (out / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
