@@ -28,6 +28,8 @@ using torch::autograd::variable_list;
 // Mesh
 
 Mesh Mesh::create(std::shared_ptr<dist::Communicator> world, int tp_size, int pp_size) {
+  const bool bad = pp_size != 1 || tp_size < 1 || world->size() % tp_size != 0;
+  if (bad) world->barrier();  // every rank has joined: they all fail alike, none hangs
   if (pp_size != 1)
     fail(
         "--pipeline-model-parallel-size {}: pipeline parallelism is not implemented by the "
@@ -99,6 +101,61 @@ struct ReduceFromTp : public torch::autograd::Function<ReduceFromTp> {
     return {grads[0], at::Tensor()};
   }
 };
+
+// Sequence parallel: all-gather along the tokens forward (every rank's [n, H] block ->
+// [TP * n, H]). Backward: the gradient is reduce-scattered when each rank's is a partial
+// sum (the input of a column-parallel layer), or this rank's block is taken when it is
+// already the full gradient on every rank (`reduce` false: the final hidden states, whose
+// consumer all-reduces their gradient itself).
+struct GatherFromSp : public torch::autograd::Function<GatherFromSp> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x,
+                            c10::intrusive_ptr<CommRef> c, bool reduce) {
+    dist::Communicator& tp = *c->comm;
+    ctx->saved_data["comm"] = c10::IValue::make_capsule(std::move(c));
+    ctx->saved_data["reduce"] = reduce;
+    at::Tensor in = x.contiguous();
+    at::Tensor out = at::empty({tp.size() * x.numel()}, x.options());
+    tp.all_gather(out, in.view({-1}));
+    return out.view({tp.size() * x.size(0), x.size(1)});
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    dist::Communicator& tp = comm_of(ctx);
+    at::Tensor g = grads[0].contiguous();
+    const int64_t n = g.size(0) / tp.size();
+    if (!ctx->saved_data["reduce"].toBool())
+      return {g.narrow(0, tp.rank() * n, n).clone(), at::Tensor(), at::Tensor()};
+    at::Tensor out = at::empty({g.numel() / tp.size()}, g.options());
+    tp.reduce_scatter(out, g.view({-1}));
+    return {out.view({n, g.size(1)}), at::Tensor(), at::Tensor()};
+  }
+};
+
+// Sequence parallel: reduce-scatter along the tokens forward (partial sums [TP * n, H] ->
+// this rank's summed [n, H] block), all-gather of the gradient backward.
+struct ScatterToSp : public torch::autograd::Function<ScatterToSp> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x,
+                            c10::intrusive_ptr<CommRef> c) {
+    dist::Communicator& tp = *c->comm;
+    ctx->saved_data["comm"] = c10::IValue::make_capsule(std::move(c));
+    at::Tensor in = x.contiguous();
+    at::Tensor out = at::empty({x.numel() / tp.size()}, x.options());
+    tp.reduce_scatter(out, in.view({-1}));
+    return out.view({x.size(0) / tp.size(), x.size(1)});
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    dist::Communicator& tp = comm_of(ctx);
+    at::Tensor g = grads[0].contiguous();
+    at::Tensor out = at::empty({tp.size() * g.numel()}, g.options());
+    tp.all_gather(out, g.view({-1}));
+    return {out.view({tp.size() * g.size(0), g.size(1)}), at::Tensor()};
+  }
+};
+
+// Rows [0, n) of x followed by zero rows up to `rows`.
+at::Tensor pad_rows(const at::Tensor& x, int64_t rows) {
+  if (x.size(0) == rows) return x;
+  return at::constant_pad_nd(x, {0, 0, 0, rows - x.size(0)}, 0);
+}
 
 at::Tensor copy_to_tp(const at::Tensor& x, dist::Communicator& tp) {
   if (tp.size() == 1) return x;
@@ -230,6 +287,7 @@ struct MegatronModel::Impl {
   std::vector<at::Tensor> params;
   std::unordered_map<std::string, int> index;
   bool checkpointing = false;
+  bool sequence_parallel = false;
   int64_t nq = 0, nkv = 0;  // local heads
 
   struct Layer {
@@ -303,9 +361,35 @@ struct MegatronModel::Impl {
     return at::linear(attn, p(w.o_w));
   }
 
+  // The column-parallel input from the (normed) residual stream: the replicated [T, H]
+  // itself, or under sequence parallelism this rank's [Tp / TP, H] block all-gathered.
+  at::Tensor to_column(const at::Tensor& x) const {
+    return sequence_parallel ? GatherFromSp::apply(x, ref(tp()), true) : copy_to_tp(x, tp());
+  }
+  // The row-parallel partial output [rows, H] summed over TP: replicated, or under
+  // sequence parallelism this rank's block of the zero-padded [Tp, H] sum.
+  at::Tensor from_row(const at::Tensor& y, int64_t padded) const {
+    return sequence_parallel ? ScatterToSp::apply(pad_rows(y, padded), ref(tp()))
+                             : reduce_from_tp(y, tp());
+  }
+
   at::Tensor layer_forward(int l, const at::Tensor& h, const LayerInputs& in) const {
     const Layer& w = layers[static_cast<size_t>(l)];
     dist::Communicator& c = tp();
+    if (sequence_parallel) {
+      // h is this rank's block of the padded tokens; attention needs the real T rows.
+      const int64_t T = in.batch.tokens.size(0), padded = h.size(0) * c.size();
+      at::Tensor x = to_column(models::rms_norm(h, p(w.input_norm), config.rms_norm_eps));
+      at::Tensor a = from_row(attention(w, x.narrow(0, 0, T), in), padded);
+      if (w.o_b >= 0) a = a + p(w.o_b);
+      at::Tensor out = h + a;
+      x = to_column(models::rms_norm(out, p(w.post_norm), config.rms_norm_eps));
+      at::Tensor gate = at::silu(at::linear(x, p(w.gate_w), p(w.gate_b)));
+      at::Tensor up = at::linear(x, p(w.up_w), p(w.up_b));
+      at::Tensor m = from_row(at::linear(gate * up, p(w.down_w)), padded);
+      if (w.down_b >= 0) m = m + p(w.down_b);
+      return out + m;
+    }
     at::Tensor x = copy_to_tp(models::rms_norm(h, p(w.input_norm), config.rms_norm_eps), c);
     at::Tensor a = reduce_from_tp(attention(w, x, in), c);
     if (w.o_b >= 0) a = a + p(w.o_b);
@@ -459,6 +543,16 @@ std::vector<at::Tensor>& MegatronModel::parameters() { return impl_->params; }
 at::ScalarType MegatronModel::dtype() const { return impl_->dtype; }
 at::Device MegatronModel::device() const { return impl_->device; }
 void MegatronModel::set_gradient_checkpointing(bool on) { impl_->checkpointing = on; }
+void MegatronModel::set_sequence_parallel(bool on) {
+  impl_->sequence_parallel = on && impl_->mesh.tp_size > 1;
+  // Each rank's replicated parameters (norms, row-parallel biases) then see only its block
+  // of tokens: their gradients are summed over TP.
+  for (ShardSpec& s : impl_->specs)
+    if (s.split == Split::kReplicated)
+      s.reduce_grad_over_tp = impl_->sequence_parallel || ends_with(s.name, "q_norm.weight") ||
+                              ends_with(s.name, "k_norm.weight");
+}
+bool MegatronModel::sequence_parallel() const { return impl_->sequence_parallel; }
 
 at::Tensor MegatronModel::forward_hidden(const models::PackedBatch& batch) const {
   const Impl& m = *impl_;
@@ -505,7 +599,13 @@ at::Tensor MegatronModel::forward_hidden(const models::PackedBatch& batch) const
     at::Tensor local = batch.tokens - es.begin;
     at::Tensor ok = (local >= 0) & (local < es.end - es.begin);
     at::Tensor emb = at::embedding(E, at::where(ok, local, at::zeros_like(local)));
-    h = reduce_from_tp(emb * ok.unsqueeze(1).to(emb.scalar_type()), m.tp());
+    emb = emb * ok.unsqueeze(1).to(emb.scalar_type());
+    if (m.sequence_parallel) {
+      const int64_t tp = m.mesh.tp_size, padded = (T + tp - 1) / tp * tp;
+      h = ScatterToSp::apply(pad_rows(emb, padded), ref(m.tp()));
+    } else {
+      h = reduce_from_tp(emb, m.tp());
+    }
   }
   const bool recompute = m.checkpointing && at::GradMode::is_enabled();
   for (size_t l = 0; l < m.layers.size(); ++l) {
@@ -520,7 +620,10 @@ at::Tensor MegatronModel::forward_hidden(const models::PackedBatch& batch) const
       h = m.layer_forward(static_cast<int>(l), h, *in);
     }
   }
-  return models::rms_norm(h, m.p(m.final_norm), m.config.rms_norm_eps);
+  at::Tensor out = models::rms_norm(h, m.p(m.final_norm), m.config.rms_norm_eps);
+  // Sequence parallel: the head needs every token; the gradient is reduce-scattered back.
+  if (m.sequence_parallel) out = GatherFromSp::apply(out, ref(m.tp()), false).narrow(0, 0, T);
+  return out;
 }
 
 train::LogProbResult MegatronModel::token_logprobs(const at::Tensor& hidden,

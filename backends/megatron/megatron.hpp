@@ -91,9 +91,14 @@ class MegatronModel {
   at::ScalarType dtype() const;
   at::Device device() const;
 
-  // --sequence-parallel is not implemented; gradient checkpointing recomputes each layer
-  // (with its TP collectives) in backward.
+  // Gradient checkpointing recomputes each layer (with its TP collectives) in backward.
   void set_gradient_checkpointing(bool on);
+  // --sequence-parallel (TP > 1): between the tensor-parallel regions (norms, residual
+  // adds, embedding output) each TP rank holds only its block of ceil(T / TP) tokens; the
+  // all-reduces become all-gather before and reduce-scatter after each region, and the
+  // gradients of replicated parameters are summed over TP. Results equal TP without it.
+  void set_sequence_parallel(bool on);
+  bool sequence_parallel() const;
 
   // Final-norm hidden states [T, H] (the same on every TP rank). Collective over TP.
   at::Tensor forward_hidden(const models::PackedBatch& batch) const;

@@ -5,7 +5,9 @@
 //
 //   megatron_tool --model DIR --out DIR [--world W --rank R --port P --tp T] [--single]
 //                 [--rollouts K] [--ckpt] [--bucket-bytes B] [--export-hf DIR]
-//                 [--logprob-check] [--timeout-ms T]
+//                 [--sp] [--logprob-check] [--timeout-ms T]
+//
+// --sp: sequence parallelism within the TP group.
 //
 // --logprob-check: instead of training, every rank compares the vocab-parallel log-probs,
 // entropy and their gradient w.r.t. the hidden states with train::token_logprobs on the
@@ -54,7 +56,7 @@ int main(int argc, char** argv) {
   std::string model_dir, out_dir, export_dir;
   int world = 1, rank = 0, port = 29500, rollouts = 2, tp = 1;
   int64_t timeout_ms = 60000, max_tokens = 40, bucket_bytes = -1;
-  bool single = false, ckpt = false, logprob_check = false;
+  bool single = false, ckpt = false, logprob_check = false, sp = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] {
@@ -87,6 +89,8 @@ int main(int argc, char** argv) {
       single = true;
     else if (a == "--ckpt")
       ckpt = true;
+    else if (a == "--sp")
+      sp = true;
     else if (a == "--logprob-check")
       logprob_check = true;
     else {
@@ -135,6 +139,7 @@ int main(int argc, char** argv) {
     j["tp_rank"] = mesh.tp_rank;
     j["dp_rank"] = mesh.dp_rank;
     megatron::MegatronModel model(mesh, model_dir, at::kFloat, at::kCPU);
+    model.set_sequence_parallel(sp);
 
     if (logprob_check) {
       // The same hidden states on every rank; the full model's head as the oracle.

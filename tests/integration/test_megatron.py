@@ -2,7 +2,7 @@
 TP=2, DP=2 and TP=2 x DP=2 groups train to the same weights as train::Trainer in one process
 (fp32, several optimizer steps on the same rollouts); vocab-parallel log-probs, entropy and
 their gradient equal the full head's; an HF model loaded under TP=2 exports identical
-tensors; weight-sync buckets respect their size; bad mesh sizes fail clearly."""
+tensors; sequence parallel gives the same weights as TP without it; weight-sync buckets respect their size; bad mesh sizes fail clearly."""
 import json
 import os
 import socket
@@ -81,6 +81,8 @@ CASES = [
     (2, 1, []),            # DP=2 (distributed optimizer only)
     (4, 2, []),            # TP=2 x DP=2
     (2, 2, ["--ckpt"]),    # TP=2 with per-layer recomputation
+    (2, 2, ["--sp"]),      # sequence parallel
+    (4, 2, ["--sp", "--ckpt"]),  # TP=2 x DP=2, sequence parallel, recomputation
     (2, 2, ["--bucket-bytes", "40000"]),  # weights written from the weight-sync buckets
 ]
 
@@ -109,11 +111,13 @@ def test_matches_single_process(model, reference, world, tp, extra):
     assert info["shard_bytes"] <= 2 * 4 * sum(v.size for v in ref.values()) / world * 1.2
 
 
-def test_qwen2_tied_uneven_vocab_matches_single_process(qwen2_tied):
+@pytest.mark.parametrize("extra", [[], ["--sp"]], ids=["tp", "tp-sp"])
+def test_qwen2_tied_uneven_vocab_matches_single_process(qwen2_tied, extra):
     d, path = qwen2_tied
-    ref, _ = single(path, str(d / "single"))
-    out = str(d / "tp2")
-    results = run_group(path, out, 2, ["--tp", "2"])
+    ref_dir = str(d / "single")
+    ref = weights(ref_dir) if os.path.exists(ref_dir) else single(path, ref_dir)[0]
+    out = str(d / ("tp2" + "".join(extra)))
+    results = run_group(path, out, 2, ["--tp", "2", *extra])
     for rc, so, se in results:
         assert rc == 0, se
     got = weights(out)
@@ -121,10 +125,23 @@ def test_qwen2_tied_uneven_vocab_matches_single_process(qwen2_tied):
     assert max(float(np.abs(got[k] - ref[k]).max()) for k in ref) < 1e-5
 
 
+def test_sequence_parallel_equals_tp_without_it(model):
+    d, path = model
+    outs = []
+    for extra in ([], ["--sp"]):
+        out = str(d / ("cmp_tp2" + "".join(extra)))
+        results = run_group(path, out, 2, ["--tp", "2", "--rollouts", "2", *extra])
+        assert all(rc == 0 for rc, _, se in results), results
+        outs.append(weights(out))
+    a, b = outs
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5
+
+
 @pytest.mark.parametrize("fixture", ["model", "qwen2_tied"])
 def test_vocab_parallel_logprobs_equal_full_head(request, fixture):
     d, path = request.getfixturevalue(fixture)
     results = run_group(path, str(d / "lp"), 2, ["--tp", "2", "--logprob-check"])
+    results += run_group(path, str(d / "lp_sp"), 2, ["--tp", "2", "--logprob-check", "--sp"])
     for rc, so, se in results:
         assert rc == 0, se
         info = json.loads(so)
