@@ -108,8 +108,9 @@ class MegatronModel {
   train::LogProbResult token_logprobs(const at::Tensor& hidden, const at::Tensor& targets,
                                       const train::LogProbOptions& options) const;
 
-  // Full HF tensors in HF order, from the fp32 master shards (DP all-gather, then TP
-  // all-gather), one at a time; every rank takes part and receives every tensor.
+  // Full HF tensors in HF order as fp32, gathered over TP from this rank's compute
+  // parameters (after each step every DP replica holds the all-gathered fp32 masters, in
+  // the compute dtype), one at a time; every rank takes part and receives every tensor.
   void for_each_full_tensor(const std::function<void(const std::string&, const at::Tensor&)>& fn);
   // Weight sync: the same tensors as `dtype`, grouped in buckets of at most `bucket_bytes`
   // (at least one tensor each); fn gets each bucket, on every rank.

@@ -5,9 +5,10 @@
 //
 //   megatron_tool --model DIR --out DIR [--world W --rank R --port P --tp T] [--single]
 //                 [--rollouts K] [--ckpt] [--bucket-bytes B] [--export-hf DIR]
-//                 [--sp] [--logprob-check] [--timeout-ms T]
+//                 [--sp] [--logprob-check] [--timeout-ms T] [--cuda] [--nccl] [--bf16]
 //
-// --sp: sequence parallelism within the TP group.
+// --sp: sequence parallelism within the TP group. --cuda: the model on the CUDA device;
+// --nccl: the group over NCCL; --bf16: bf16 compute (fp32 masters).
 //
 // --logprob-check: instead of training, every rank compares the vocab-parallel log-probs,
 // entropy and their gradient w.r.t. the hidden states with train::token_logprobs on the
@@ -57,6 +58,7 @@ int main(int argc, char** argv) {
   int world = 1, rank = 0, port = 29500, rollouts = 2, tp = 1;
   int64_t timeout_ms = 60000, max_tokens = 40, bucket_bytes = -1;
   bool single = false, ckpt = false, logprob_check = false, sp = false;
+  bool cuda = false, nccl = false, bf16 = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] {
@@ -91,6 +93,12 @@ int main(int argc, char** argv) {
       ckpt = true;
     else if (a == "--sp")
       sp = true;
+    else if (a == "--cuda")
+      cuda = true;
+    else if (a == "--nccl")
+      nccl = true;
+    else if (a == "--bf16")
+      bf16 = true;
     else if (a == "--logprob-check")
       logprob_check = true;
     else {
@@ -114,16 +122,18 @@ int main(int argc, char** argv) {
     o.log_probs_chunk_size = 7;
     o.gradient_checkpointing = ckpt;
     nlohmann::json j = {{"rank", rank}};
+    const at::Device device = cuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+    const at::ScalarType dtype = bf16 ? at::kBFloat16 : at::kFloat;
 
     if (single) {
-      auto model = models::DecoderModel::from_pretrained(model_dir, at::kFloat, at::kCPU);
+      auto model = models::DecoderModel::from_pretrained(model_dir, dtype, device);
       train::Trainer trainer(*model, o);
       train::Metrics last;
       for (int r = 0; r < rollouts; ++r)
         last = trainer.train_rollout(rollout(1000 + r, model->config().vocab_size)).back();
       models::CheckpointWriter writer(out_dir);
       for (size_t i = 0; i < model->specs().size(); ++i)
-        writer.add(model->specs()[i].name, model->parameters()[i]);
+        writer.add(model->specs()[i].name, model->parameters()[i].to(at::kCPU, at::kFloat));
       writer.finish();
       j["metrics"] = last;
       std::cout << j.dump() << std::endl;
@@ -135,10 +145,11 @@ int main(int argc, char** argv) {
     co.world_size = world;
     co.master_port = port;
     co.timeout = std::chrono::milliseconds(timeout_ms);
+    if (nccl) co.backend = dist::CommBackend::Nccl;
     megatron::Mesh mesh = megatron::Mesh::create(dist::Communicator::create(co), tp);
     j["tp_rank"] = mesh.tp_rank;
     j["dp_rank"] = mesh.dp_rank;
-    megatron::MegatronModel model(mesh, model_dir, at::kFloat, at::kCPU);
+    megatron::MegatronModel model(mesh, model_dir, dtype, device);
     model.set_sequence_parallel(sp);
 
     if (logprob_check) {
