@@ -52,6 +52,18 @@ struct HeadOptions {
   // samples of the dataset (token-exact SFT loss masks) and train on them.
   bool sft = false;
   int64_t update_weights_interval = 1;
+  // --debug-rollout-only: only the rollout engines are placed and no weights move;
+  // --debug-train-only: no weight-sync role, no weight push (the engines only read
+  // --load-debug-rollout-data).
+  bool debug_rollout_only = false;
+  bool debug_train_only = false;
+  // --eval-interval N (0 = off): the rollout engines evaluate before the first rollout
+  // (unless --skip-eval-before-train), after every N-th and after the last; metrics
+  // eval/<eval_name>/... (eval_name: the NAME of --eval-prompt-data NAME PATH, else "eval").
+  int64_t eval_interval = 0;
+  bool eval_before_train = false;
+  std::string eval_name = "eval";
+  std::vector<int64_t> eval_pass_k;   // k values of pass@k (from --n-samples-per-eval-prompt)
   std::vector<std::string> job_args;  // the job flags, forwarded to every role process
   // --in-process: creates the compute object of a role (nullptr for weight-sync).
   std::function<std::shared_ptr<Role>(const std::string& role, int rank)> make_role;

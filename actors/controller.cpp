@@ -9,6 +9,7 @@
 #include "actors/protocol.hpp"
 #include "actors/resume_state.hpp"
 #include "actors/role_actor.hpp"
+#include "rollout/eval/evaluate.hpp"
 #include "runtime/metrics/metrics_hub.hpp"
 #include "runtime/shared_memory.hpp"
 
@@ -137,10 +138,20 @@ class Controller {
     }
   }
   void run_sft_step();
-  // SFT mode places the train ranks only.
+  // SFT mode places the train ranks only; --debug-rollout-only the rollout engines only;
+  // --debug-train-only (RL) no weight-sync role (no engine holds weights to update).
   void keep_sft_roles(std::vector<runtime::RolePlacement>& placement) {
-    if (!st_->options.sft) return;
-    std::erase_if(placement, [](const runtime::RolePlacement& p) { return p.role != "train"; });
+    const auto& o = st_->options;
+    std::erase_if(placement, [&o](const runtime::RolePlacement& p) {
+      if (o.sft) return p.role != "train";
+      if (o.debug_rollout_only) return p.role != "rollout";
+      if (o.debug_train_only) return p.role == "weight-sync";
+      return false;
+    });
+  }
+  // Whether trained weights go to the engines after each rollout.
+  bool pushes_weights() const {
+    return !st_->options.debug_rollout_only && !st_->options.debug_train_only;
   }
   void run_async_rollout();
   void start_generation(uint64_t k);
@@ -148,6 +159,14 @@ class Controller {
   void finish_rollout(nlohmann::json rollout_report);
   void sync_weights(uint64_t version, nlohmann::json rollout_report);
   void save_then_continue();
+  // --eval-interval: every rollout engine evaluates its share of the held-out prompts; the
+  // combined result is logged (eval/NAME/...) and kept in the report, then `then` runs.
+  void run_eval(std::function<void()> then);
+  bool eval_due() const {
+    const auto& o = st_->options;
+    return o.eval_interval > 0 &&
+           (st_->rollout % o.eval_interval == 0 || st_->rollout == o.num_rollout);
+  }
   void log_metrics(const nlohmann::json& rollout_report);
   std::vector<RoleEntry*> roles_of(const std::string& role);
   std::string endpoint(const std::string& role, int rank) {
@@ -397,7 +416,11 @@ void Controller::start_job() {
           return;
         }
         if (st_->rollout > 0) L()->info("resuming at rollout {} (--load)", st_->rollout);
-        next_rollout();
+        if (st_->options.eval_before_train && st_->rollout == 0) {
+          run_eval([this] { next_rollout(); });
+        } else {
+          next_rollout();
+        }
       });
 }
 
@@ -427,7 +450,12 @@ void Controller::run_rollout() {
       nlohmann::json{{"rollout", k}, {"time", {{"start", t_start}}}});
   auto pending = std::make_shared<int>(refs.empty() ? 2 : 3);
   auto step_done = [=, this]() {
-    if (--*pending == 0) sync_weights(k + 1, *report);
+    if (--*pending > 0) return;
+    if (pushes_weights()) {
+      sync_weights(k + 1, *report);
+    } else {
+      finish_rollout(*report);
+    }
   };
   // Training waits for its data in the train role's receiver, so it is asked at once,
   // except in colocated mode: there it runs once the engines have given the device back.
@@ -566,12 +594,75 @@ void Controller::finish_rollout(nlohmann::json rollout_report) {
   ++st_->rollout;
   const auto& o = st_->options;
   bool last = st_->rollout == o.num_rollout;
-  if (!o.save_dir.empty() &&
-      ((o.save_interval > 0 && st_->rollout % o.save_interval == 0) || last)) {
-    save_then_continue();
+  auto go_on = [this, last] {
+    const auto& o = st_->options;
+    if (!o.save_dir.empty() &&
+        ((o.save_interval > 0 && st_->rollout % o.save_interval == 0) || last)) {
+      save_then_continue();
+    } else {
+      next_rollout();
+    }
+  };
+  if (eval_due()) {
+    run_eval(go_on);
   } else {
-    next_rollout();
+    go_on();
   }
+}
+
+void Controller::run_eval(std::function<void()> then) {
+  const double t0 = now_s();
+  const int64_t at = st_->rollout;
+  ask_all(
+      roles_of("rollout"), [](RoleEntry&) { return role_message(eval_atom::value); },
+      [=, this](std::vector<nlohmann::json> replies) {
+        double prompts = 0, samples = 0, correct = 0, reward_sum = 0, tokens = 0, truncated = 0;
+        std::vector<std::pair<int64_t, int64_t>> counts;
+        for (const auto& r : replies) {
+          prompts += r.value("prompts", 0.0);
+          samples += r.value("samples", 0.0);
+          correct += r.value("correct", 0.0);
+          reward_sum += r.value("reward_sum", 0.0);
+          tokens += r.value("response_tokens", 0.0);
+          truncated += r.value("truncated", 0.0);
+          for (const auto& c : r.value("counts", nlohmann::json::array()))
+            counts.emplace_back(c[0].get<int64_t>(), c[1].get<int64_t>());
+        }
+        if (samples == 0) {
+          fail("eval: no engine evaluated a prompt (--eval-prompt-data is empty?)");
+          return;
+        }
+        const std::string p = "eval/" + st_->options.eval_name + "/";
+        metrics::Scalars m = {{p + "accuracy", correct / samples},
+                              {p + "mean_reward", reward_sum / samples},
+                              {p + "mean_response_tokens", tokens / samples},
+                              {p + "truncated_fraction", truncated / samples},
+                              {p + "prompts", prompts},
+                              {p + "samples", samples},
+                              {"rollout", static_cast<double>(at)},
+                              {"time/eval", now_s() - t0}};
+        for (int64_t k : st_->options.eval_pass_k) {
+          double sum = 0;
+          for (const auto& [n, c] : counts) sum += eval::pass_at_k(n, c, std::min(k, n));
+          m[p + "pass@" + std::to_string(k)] = sum / static_cast<double>(counts.size());
+        }
+        nlohmann::json entry = {{"rollout", at}, {"engines", replies}};
+        for (const auto& [k, v] : m) entry["metrics"][k] = v;
+        st_->report["evals"].push_back(entry);
+        L()->info("eval at rollout {}: accuracy {:.4f} ({}/{}) on {} prompts, mean reward {:.4f}",
+                  at, correct / samples, static_cast<int64_t>(correct),
+                  static_cast<int64_t>(samples), static_cast<int64_t>(prompts),
+                  reward_sum / samples);
+        if (st_->hub) {
+          try {
+            st_->hub->log(std::max<int64_t>(st_->metrics_step - 1, 0), m);
+          } catch (const std::exception& e) {
+            fail(std::string("metrics: ") + e.what());
+            return;
+          }
+        }
+        then();
+      });
 }
 
 // --async (slime's train_async.py, one step off): rollout k+1 is generated while rollout k
@@ -742,8 +833,9 @@ void Controller::save_then_continue() {
 void Controller::log_metrics(const nlohmann::json& rollout_report) {
   if (!st_->hub) return;
   const auto trains = rollout_report.value("train", nlohmann::json::array());
-  if (trains.empty()) return;
-  const nlohmann::json& t = trains[0];
+  // --debug-rollout-only: no train rank reports; one record per rollout from the engines.
+  const nlohmann::json t = trains.empty() ? nlohmann::json::object() : trains[0];
+  if (trains.empty() && !rollout_report.contains("generate")) return;
   const auto steps = t.value("steps", nlohmann::json::array());
   const auto& time = rollout_report["time"];
   double reward_sum = 0, samples = 0, response_tokens = 0;
@@ -754,7 +846,9 @@ void Controller::log_metrics(const nlohmann::json& rollout_report) {
   }
   metrics::Scalars common = {
       {"rollout", static_cast<double>(rollout_report.value("rollout", 0))},
-      {"weight_version", t.value("weight_version", 0.0)},
+      {"weight_version",
+       trains.empty() ? rollout_report["generate"][0].value("weight_version", 0.0)
+                      : t.value("weight_version", 0.0)},
       {"rank", t.value("rank", 0.0)},
       {"rollout/samples", samples},
       {"rollout/response_tokens", response_tokens},
@@ -778,6 +872,11 @@ void Controller::log_metrics(const nlohmann::json& rollout_report) {
     first = t["optimizer_steps"].get<int64_t>() - static_cast<int64_t>(steps.size());
   }
   try {
+    if (trains.empty()) {
+      st_->hub->log(first, common);
+      st_->metrics_step = first + 1;
+      return;
+    }
     for (size_t i = 0; i < steps.size(); ++i) {
       metrics::Scalars scalars = common;
       for (const auto& [name, v] : steps[i].items()) {

@@ -5,6 +5,7 @@
 
 #include "backends/train/trainer.hpp"
 #include "rollout/data/prompt_source.hpp"
+#include "rollout/eval/evaluate.hpp"
 #include "rollout/reward/reward.hpp"
 #include "runtime/placement.hpp"
 
@@ -31,6 +32,21 @@ struct RolloutOptions {
   std::string load_debug_rollout_data;  // --load-debug-rollout-data
 };
 
+// Held-out evaluation in the loop (slime's flags): before training (unless
+// --skip-eval-before-train) and after every --eval-interval rollouts and the last one, each
+// rollout engine evaluates its share of --eval-prompt-data (rollout/eval) and the head
+// combines the answers into eval/NAME/accuracy, pass@k, mean_reward, ... metrics.
+struct EvalJobOptions {
+  int64_t interval = 0;                  // --eval-interval (0 = off)
+  std::vector<std::string> prompt_data;  // --eval-prompt-data PATH | NAME PATH
+  bool skip_before_train = false;        // --skip-eval-before-train
+  eval::EvalOptions options;             // --n-samples-per-eval-prompt, --eval-* (below)
+  double temperature = -1;               // --eval-temperature (< 0: --rollout-temperature)
+  int64_t max_response_len = 0;          // --eval-max-response-len (0: the rollout's)
+  std::string name() const { return prompt_data.size() == 2 ? prompt_data[0] : "eval"; }
+  std::string path() const { return prompt_data.empty() ? "" : prompt_data.back(); }
+};
+
 struct JobOptions {
   std::string model;              // --model: HF directory (policy, reference and engines)
   std::string dtype = "float32";  // --dtype
@@ -38,6 +54,7 @@ struct JobOptions {
   data::DataOptions data;
   train::TrainerOptions train;
   RolloutOptions rollout;
+  EvalJobOptions eval;
   reward::RewardOptions reward;  // --rm-type --rm-url --reward-key
   runtime::PlacementRequest placement;
   std::string train_backend = "fsdp";  // --train-backend fsdp|megatron
@@ -45,9 +62,9 @@ struct JobOptions {
   // --update-weights-interval: with --async (anvil train-async), rollouts between weight
   // pushes to the engines (the synchronous loop pushes after every rollout).
   int64_t update_weights_interval = 1;
-  std::string save;                    // --save: checkpoint directory (train rank 0)
-  int64_t save_interval = 0;           // --save-interval: rollouts between checkpoints
-  std::string metrics_jsonl;           // --metrics-jsonl: per-step metrics (the head writes)
+  std::string save;           // --save: checkpoint directory (train rank 0)
+  int64_t save_interval = 0;  // --save-interval: rollouts between checkpoints
+  std::string metrics_jsonl;  // --metrics-jsonl: per-step metrics (the head writes)
   // The head's other metrics sinks (runtime/metrics/metrics_hub.hpp MetricsOptions).
   bool use_tensorboard = false;                 // --use-tensorboard
   std::string tensorboard_dir;                  // --tensorboard-dir (with --use-tensorboard)
@@ -71,6 +88,21 @@ struct JobOptions {
   int64_t ckpt_step = -1;
   bool finetune = false;  // --finetune: --load's weights only (Megatron's flag), rollout 0
   uint64_t seed = 1234;
+  // --ref-load: the reference model (KL loss / KL reward shaping) from this HF directory or
+  // checkpoint directory (its latest iteration's model/) instead of --model; e.g. RL after
+  // SFT with the SFT weights as the KL anchor (seed 002).
+  std::string ref_load;
+
+  // slime's debug switches. --debug-rollout-only: only the rollout engines run (no train,
+  // reference or weight-sync role); the weights never change, the samples go to
+  // --save-debug-rollout-data and the metrics. --debug-train-only: no inference engine is
+  // started; the rollout roles only read --load-debug-rollout-data (RL) and no weights are
+  // pushed; in SFT mode it is what --loss-type sft_loss does anyway.
+  bool debug_rollout_only = false;
+  bool debug_train_only = false;
+  // --disable-compute-advantages-and-returns: slime's SFT switch (the loss uses no
+  // advantages); accepted with --loss-type sft_loss, where it holds anyway.
+  bool disable_compute_advantages_and_returns = false;
 
   // The reference model is needed for the KL loss or KL reward shaping.
   bool use_ref() const { return train.loss.use_kl_loss || train.advantage.kl_coef != 0.0; }

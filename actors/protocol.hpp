@@ -44,6 +44,7 @@ using save_atom = caf::atom_constant<caf::atom("save")>;
 using offload_atom = caf::atom_constant<caf::atom("offload")>;
 using onload_atom = caf::atom_constant<caf::atom("onload")>;
 using sync_weights_atom = caf::atom_constant<caf::atom("syncweight")>;
+using eval_atom = caf::atom_constant<caf::atom("eval")>;
 
 // Internal timers of the head.
 using heartbeat_atom = caf::atom_constant<caf::atom("heartbeat")>;
@@ -65,6 +66,7 @@ using weight_holder_actor = caf::typed_actor<caf::replies_to<version_atom>::with
 //   (push_weights, version, plan_json)   train: update-weights, send a version to engines
 //   (version)                            {"weight_version", "checksum"}
 //   (save, dir)  (offload)  (onload)
+//   (eval)                               rollout: held-out evaluation of the weights held
 //   (sync_weights, version, train0, engines, plan_json)  weight-sync: move and verify
 using role_compute_actor = caf::typed_actor<
     caf::replies_to<init_atom>::with<std::string>,
@@ -75,7 +77,7 @@ using role_compute_actor = caf::typed_actor<
     caf::replies_to<version_atom>::with<std::string>,
     caf::replies_to<save_atom, std::string>::with<std::string>,
     caf::replies_to<offload_atom>::with<std::string>,
-    caf::replies_to<onload_atom>::with<std::string>,
+    caf::replies_to<onload_atom>::with<std::string>, caf::replies_to<eval_atom>::with<std::string>,
     caf::replies_to<sync_weights_atom, uint64_t, weight_source_actor,
                     std::vector<weight_holder_actor>, std::string>::with<std::string>>;
 

@@ -52,6 +52,10 @@ class Role {
   // Releases the model's memory (rollout / ref / train) until onload().
   virtual std::string offload();
   virtual std::string onload();
+  // rollout: evaluates the weights it holds on its share of --eval-prompt-data
+  // (rollout/eval): {"prompts", "samples", "correct", "reward_sum", "response_tokens",
+  // "truncated", "counts": [[n, c] per prompt]}; the head combines the engines' answers.
+  virtual std::string eval();
   // Called on another thread when the job stops: wakes a call of this role blocked waiting
   // for data (a train or ref role waiting for a rollout that will not come), so that the
   // role's thread ends. Must be thread-safe; the default does nothing.

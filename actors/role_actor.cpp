@@ -61,6 +61,7 @@ role_compute_actor::behavior_type compute_actor(role_compute_actor::pointer self
       [=](generate_atom, uint64_t id, const std::string& targets) {
         return guarded(label, [&] { return need("generate")->generate(id, targets); });
       },
+      [=](eval_atom) { return guarded(label, [&] { return need("eval")->eval(); }); },
       [=](compute_ref_atom, uint64_t id, const std::string& targets) {
         return guarded(label, [&] { return need("compute-ref")->compute_ref(id, targets); });
       },
@@ -154,6 +155,7 @@ role_actor::behavior_type front_actor(role_actor::pointer self, role_compute_act
       [=](save_atom a, const std::string& dir) { return self->delegate(compute, a, dir); },
       [=](offload_atom a) { return self->delegate(compute, a); },
       [=](onload_atom a) { return self->delegate(compute, a); },
+      [=](eval_atom a) { return self->delegate(compute, a); },
       [=](sync_weights_atom a, uint64_t v, weight_source_actor train0,
           std::vector<weight_holder_actor> engines,
           const std::string& plan) { return self->delegate(compute, a, v, train0, engines, plan); },

@@ -11,6 +11,7 @@
 #include "rollout/data/conversation.hpp"
 #include "rollout/data/sample_loader.hpp"
 #include "rollout/engine/engine.hpp"
+#include "rollout/eval/evaluate.hpp"
 #include "rollout/reward/reward.hpp"
 #include "runtime/crc32c.hpp"
 #include "runtime/data_plane.hpp"
@@ -53,6 +54,7 @@ std::string Role::version() { unsupported("version"); }
 std::string Role::save(const std::string&) { unsupported("save"); }
 std::string Role::offload() { unsupported("offload"); }
 std::string Role::onload() { unsupported("onload"); }
+std::string Role::eval() { unsupported("eval"); }
 
 namespace {
 
@@ -65,7 +67,32 @@ class RefRole final : public Role {
   RefRole(RoleContext ctx, const JobOptions& job) : Role("ref"), ctx_(std::move(ctx)), job_(job) {}
 
   std::string init() override {
-    model_ = load_model(job_);
+    // --ref-load: an HF directory, or a --save checkpoint directory (its latest model/).
+    JobOptions ref_job = job_;
+    if (!job_.ref_load.empty()) {
+      namespace fs = std::filesystem;
+      const fs::path dir(job_.ref_load);
+      if (fs::exists(dir / "latest_checkpointed_iteration.txt")) {
+        ref_job.model = checkpoint_model_dir(find_resume_point(job_.ref_load, -1)).string();
+      } else if (fs::exists(dir / "config.json")) {
+        ref_job.model = job_.ref_load;
+      } else {
+        fail(
+            "--ref-load {}: neither an HF model directory (config.json) nor a checkpoint "
+            "directory (latest_checkpointed_iteration.txt)",
+            job_.ref_load);
+      }
+    }
+    model_ = load_model(ref_job);
+    if (!job_.ref_load.empty()) {
+      const auto policy = models::ModelConfig::load(std::filesystem::path(job_.model) /
+                                                         "config.json");
+      if (policy.vocab_size != model_->config().vocab_size) {
+        fail("--ref-load {}: vocabulary of {} tokens, the policy (--model {}) has {}",
+             job_.ref_load, model_->config().vocab_size, job_.model, policy.vocab_size);
+      }
+      L()->info("reference model from {} (--ref-load)", ref_job.model);
+    }
     runtime::RolloutReceiver::Options o;
     o.host = ctx_.bind_host;
     receiver_ = std::make_unique<runtime::RolloutReceiver>(ctx_.token, o);
@@ -142,7 +169,9 @@ class RolloutRole final : public Role {
     if (!job_.load.empty()) resume = find_resume_point(job_.load, job_.ckpt_step);
     JobOptions model_job = job_;
     if (resume) model_job.model = checkpoint_model_dir(*resume).string();
-    model_ = std::shared_ptr<models::DecoderModel>(load_model(model_job));
+    // --debug-train-only: no inference engine (and no model) here; this role only reads
+    // --load-debug-rollout-data and hands the samples to training.
+    if (!job_.debug_train_only) model_ = std::shared_ptr<models::DecoderModel>(load_model(model_job));
     chat_ = std::make_unique<data::ChatTokenizer>(data::ChatTokenizer::from_model_dir(job_.model));
     source_ = std::make_unique<data::PromptSource>(job_.data);
     if (resume && !job_.finetune) {
@@ -163,6 +192,30 @@ class RolloutRole final : public Role {
     }
     loader_ =
         std::make_unique<data::SampleLoader>(*source_, *chat_, data::LoaderMode::Prompt, job_.data);
+    if (job_.eval.interval > 0) {
+      // This engine's share of the held-out prompts: every engines()-th, from its rank.
+      data::DataOptions d = job_.data;
+      d.prompt_data = {job_.eval.path()};
+      d.shuffle = false;
+      auto all = eval::load_eval_prompts(d, *chat_);
+      for (size_t j = static_cast<size_t>(ctx_.rank); j < all.size();
+           j += static_cast<size_t>(engines())) {
+        all[j].index = static_cast<int64_t>(j);  // seeds as in `anvil eval` of the whole set
+        eval_prompts_.push_back(std::move(all[j]));
+      }
+    }
+    if (job_.debug_train_only) {
+      L()->info("rollout role {}: --debug-train-only, no inference engine started", ctx_.rank);
+      return nlohmann::json{{"role", "rollout"},
+                            {"rank", ctx_.rank},
+                            {"endpoint", ""},
+                            {"weight_version", version_},
+                            {"loaded_iteration", loaded_iteration_ >= 0
+                                                     ? nlohmann::json(loaded_iteration_)
+                                                     : nlohmann::json()},
+                            {"engine", false}}
+          .dump();
+    }
     engine::EngineOptions eo;
     eo.background = false;  // generate() drives the steps on this role's thread
     eo.eos_token_ids = engine::model_eos_token_ids(job_.model, model_->config());
@@ -213,7 +266,10 @@ class RolloutRole final : public Role {
 
   std::string generate(uint64_t rollout_id, const std::string& targets_json) override {
     auto targets = targets_of(targets_json, "generate targets");
-    if (targets.empty()) fail("generate: rollout {} has nowhere to go", rollout_id);
+    // --debug-rollout-only: no train rank; the samples end in the report and the debug file.
+    if (targets.empty() && !job_.debug_rollout_only) {
+      fail("generate: rollout {} has nowhere to go", rollout_id);
+    }
     const auto& ro = job_.rollout;
     const int64_t engines = this->engines();
     if (ro.rollout_batch_size % engines != 0) {
@@ -245,11 +301,13 @@ class RolloutRole final : public Role {
       reward_sum += s.reward;
       response_tokens += s.response_length;
     }
-    auto parts = split_by_group(r, targets.size());
     uint64_t tokens = 0;
-    for (size_t i = 0; i < targets.size(); ++i) {
-      tokens +=
-          runtime::push_rollout(targets[i], ctx_.token, parts[i], job_.transfer_timeout_ms).tokens;
+    if (!targets.empty()) {
+      auto parts = split_by_group(r, targets.size());
+      for (size_t i = 0; i < targets.size(); ++i) {
+        tokens += runtime::push_rollout(targets[i], ctx_.token, parts[i], job_.transfer_timeout_ms)
+                      .tokens;
+      }
     }
     nlohmann::json out = {{"rollout_id", rollout_id},
                           {"samples", r.samples.size()},
@@ -263,8 +321,44 @@ class RolloutRole final : public Role {
 
   std::string version() override {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (!model_) fail("rollout role {}: --debug-train-only, it holds no weights", ctx_.rank);
     return nlohmann::json{{"weight_version", version_}, {"checksum", weights_checksum(*model_)}}
         .dump();
+  }
+
+  std::string eval() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    nlohmann::json out = {{"rank", ctx_.rank},
+                          {"weight_version", version_},
+                          {"prompts", 0},
+                          {"samples", 0},
+                          {"correct", 0},
+                          {"reward_sum", 0.0},
+                          {"response_tokens", 0},
+                          {"truncated", 0},
+                          {"counts", nlohmann::json::array()}};
+    if (eval_prompts_.empty()) return out.dump();  // more engines than eval prompts
+    const eval::EvalResult r =
+        eval::evaluate(*engine_, eval_prompts_, job_.reward, job_.eval.options);
+    std::vector<std::pair<int64_t, int64_t>> counts(eval_prompts_.size(), {0, 0});
+    double reward_sum = 0;
+    int64_t tokens = 0, truncated = 0;
+    for (const auto& s : r.samples_detail) {
+      auto& [n, c] = counts[static_cast<size_t>(s.prompt_index)];
+      ++n;
+      c += s.correct ? 1 : 0;
+      reward_sum += s.reward;
+      tokens += s.response_tokens;
+      truncated += s.truncated ? 1 : 0;
+    }
+    out["prompts"] = r.prompts;
+    out["samples"] = r.samples;
+    out["correct"] = r.correct;
+    out["reward_sum"] = reward_sum;
+    out["response_tokens"] = tokens;
+    out["truncated"] = truncated;
+    for (const auto& [n, c] : counts) out["counts"].push_back({n, c});
+    return out.dump();
   }
 
   // Writes nothing: replies with this engine's state for the checkpoint of the request's
@@ -539,6 +633,7 @@ class RolloutRole final : public Role {
   std::unique_ptr<data::ChatTokenizer> chat_;
   std::unique_ptr<data::PromptSource> source_;
   std::unique_ptr<data::SampleLoader> loader_;
+  std::vector<eval::EvalPrompt> eval_prompts_;  // this engine's share of --eval-prompt-data
   std::unique_ptr<engine::Engine> engine_;
   int64_t prompt_index_ = 0;                  // prompts of the shared order seen so far
   int64_t next_rollout_ = 0;                  // the rollout after the last one generated

@@ -4,6 +4,7 @@
 #include "actors/role.hpp"
 #include "actors/role_util.hpp"
 #include "backends/common/error.hpp"
+#include "backends/common/log.hpp"
 #include "backends/dist/communicator.hpp"
 #include "backends/fsdp/fsdp.hpp"
 #include "backends/models/weights.hpp"
@@ -30,6 +31,8 @@ namespace anvil::actors {
 namespace {
 
 using namespace detail;
+
+std::shared_ptr<spdlog::logger> L() { return anvil::log::get("train"); }
 
 // ---- train ------------------------------------------------------------------------------
 //
@@ -283,12 +286,18 @@ class TrainRole final : public Role {
     nlohmann::json state = req.state;
     state["weight_version"] = version_;
     state["rollout_id"] = version_;  // the next rollout to generate and train
+    if (sft_loader_) {
+      // SFT mode: the dataset position after the last trained sample, so --load continues.
+      state["sft_data"] = {{"data_cursor", sft_cursor_.to_json()},
+                           {"tokens_seen", sft_tokens_seen_}};
+    }
     const std::string& dir = req.dir;
     if (fsdp_) {
-      fsdp_->save_checkpoint(dir, static_cast<int64_t>(version_), trainer_->optimizer(), state);
+      fsdp_->save_checkpoint(dir, static_cast<int64_t>(version_), trainer_->optimizer(), state,
+                             job_.model);
     } else {
       train::save_checkpoint(dir, static_cast<int64_t>(version_), *model_, trainer_->optimizer(),
-                             state);
+                             state, job_.model);
     }
     return nlohmann::json{{"saved", dir}, {"iteration", version_}, {"rank", ctx_.rank}}.dump();
   }
@@ -314,6 +323,21 @@ class TrainRole final : public Role {
     sft_source_ = std::make_unique<data::PromptSource>(job_.data);
     sft_loader_ = std::make_unique<data::SampleLoader>(*sft_source_, *sft_chat_,
                                                        data::LoaderMode::Sft, job_.data);
+    // --load of an SFT checkpoint of the loop: continue the dataset where it stopped.
+    if (loaded_state_.contains("sft_data")) {
+      const auto& d = loaded_state_["sft_data"];
+      const std::string where = job_.load + " (trainer_state.json state.sft_data)";
+      if (!d.contains("data_cursor")) fail("{}: no 'data_cursor'", where);
+      sft_source_->restore(data::DataCursor::from_json(d["data_cursor"], where));
+      sft_tokens_seen_ = d.value("tokens_seen", 0.0);
+      L()->info("train rank {}: SFT data resumed at epoch {}, sample {}", ctx_.rank,
+                sft_source_->cursor().epoch, sft_source_->cursor().offset);
+    } else if (!job_.load.empty() && !job_.finetune) {
+      fail(
+          "--load {}: the checkpoint has no SFT data cursor (state.sft_data): not written by "
+          "an SFT job of the loop; use --finetune to start from its weights",
+          job_.load);
+    }
     sft_cursor_ = sft_source_->cursor();
     if (job_.data.prefetch > 0) {
       sft_queue_.emplace([this] { return sft_loader_->next(); },
@@ -399,7 +423,8 @@ class TrainRole final : public Role {
             "sharded (FSDP) checkpoints only",
             job_.load, p.dir.string(), world_);
       }
-      fsdp_->load_checkpoint(job_.load, trainer_->optimizer(), iteration);
+      auto loaded = fsdp_->load_checkpoint(job_.load, trainer_->optimizer(), iteration);
+      if (loaded) loaded_state_ = loaded->second;
     } else {
       if (p.sharded) {
         fail(
@@ -407,7 +432,8 @@ class TrainRole final : public Role {
             "(--actor-num-gpus-per-node)",
             job_.load, p.dir.string(), p.world_size);
       }
-      train::load_checkpoint(job_.load, *model_, trainer_->optimizer(), iteration);
+      auto loaded = train::load_checkpoint(job_.load, *model_, trainer_->optimizer(), iteration);
+      if (loaded) loaded_state_ = loaded->state;
     }
     version_ = static_cast<uint64_t>(p.iteration);
     loaded_iteration_ = p.iteration;
@@ -490,6 +516,7 @@ class TrainRole final : public Role {
   std::map<std::string, std::unique_ptr<runtime::WeightPusher>> pushers_;  // by endpoint
   uint64_t version_ = 0;
   int64_t loaded_iteration_ = -1;  // --load: the checkpoint's iteration
+  nlohmann::json loaded_state_ = nlohmann::json::object();  // --load: its trainer state
   // SFT mode (--loss-type sft_loss).
   std::unique_ptr<data::ChatTokenizer> sft_chat_;
   std::unique_ptr<data::PromptSource> sft_source_;

@@ -103,6 +103,17 @@ int run_head_cmd(HeadArgs& a, const std::vector<std::string>& extras) {
   }
   a.head.update_weights_interval = job->update_weights_interval;
   a.head.sft = job->train.loss.loss_type == "sft_loss";
+  a.head.debug_rollout_only = job->debug_rollout_only;
+  a.head.debug_train_only = job->debug_train_only;
+  if (a.head.async && (job->debug_rollout_only || job->debug_train_only)) {
+    fail("--async (anvil train-async) with --debug-{}-only: there is nothing to overlap",
+         job->debug_rollout_only ? "rollout" : "train");
+  }
+  a.head.eval_interval = job->eval.interval;
+  a.head.eval_before_train = job->eval.interval > 0 && !job->eval.skip_before_train;
+  a.head.eval_name = job->eval.name();
+  for (int64_t k = 1; k < job->eval.options.n_samples; k *= 2) a.head.eval_pass_k.push_back(k);
+  if (job->eval.interval > 0) a.head.eval_pass_k.push_back(job->eval.options.n_samples);
   if (a.head.sft && (a.head.async || job->placement.colocate)) {
     fail("--loss-type sft_loss trains without rollouts: --async and --colocate do not apply");
   }

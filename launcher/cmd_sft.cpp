@@ -113,7 +113,7 @@ void run_sft(SftArgs& a, CLI::App& cmd) {
   auto save = [&] {
     if (a.save.empty()) return;
     nlohmann::json state = {{"data_cursor", cursor.to_json()}, {"tokens_seen", tokens_seen}};
-    train::save_checkpoint(a.save, step, *model, trainer.optimizer(), state);
+    train::save_checkpoint(a.save, step, *model, trainer.optimizer(), state, a.model);
   };
   int64_t last_saved = -1;
   while (a.num_steps == 0 || step < a.num_steps) {

@@ -44,6 +44,27 @@ void add_job_flags(CLI::App& cmd, actors::JobOptions& job) {
                  "Group filter: check_reward_nonzero_std (drops groups whose rewards are equal)");
   cmd.add_option("--save-debug-rollout-data", r.save_debug_rollout_data,
                  "Write each rollout's samples here (template: {rollout_id}, {engine})");
+  auto& ev = job.eval;
+  cmd.add_option("--eval-interval", ev.interval,
+                 "Evaluate on --eval-prompt-data every this many rollouts (0 = never)")
+      ->capture_default_str();
+  cmd.add_option("--eval-prompt-data", ev.prompt_data, "Held-out prompts: PATH or NAME PATH")
+      ->expected(1, 2);
+  cmd.add_flag("--skip-eval-before-train", ev.skip_before_train,
+               "No evaluation before the first rollout");
+  cmd.add_option("--n-samples-per-eval-prompt", ev.options.n_samples, "Samples per eval prompt")
+      ->capture_default_str();
+  cmd.add_option("--eval-temperature", ev.temperature,
+                 "Sampling temperature of eval (< 0: --rollout-temperature; 0 = greedy)")
+      ->capture_default_str();
+  cmd.add_option("--eval-top-p", ev.options.top_p)->capture_default_str();
+  cmd.add_option("--eval-top-k", ev.options.top_k, "<= 0 = off")->capture_default_str();
+  cmd.add_option("--eval-max-response-len", ev.max_response_len,
+                 "Eval response token limit (0: --rollout-max-response-len)")
+      ->capture_default_str();
+  cmd.add_option("--eval-seed", ev.options.seed,
+                 "Sample i of eval prompt j uses seed + 1000003 j + i")
+      ->capture_default_str();
   cmd.add_option("--load-debug-rollout-data", r.load_debug_rollout_data,
                  "Read each rollout's samples from here instead of generating");
   cmd.add_option("--rm-type", job.reward.rm_type, "Rule-based reward (rollout/reward)");
@@ -76,6 +97,16 @@ void add_job_flags(CLI::App& cmd, actors::JobOptions& job) {
   cmd.add_flag("--finetune", job.finetune,
                "With --load: start from the checkpoint's weights only (a fresh optimizer, RNG, "
                "data order and rollout 0), e.g. RL from an SFT checkpoint");
+  cmd.add_option("--ref-load", job.ref_load,
+                 "Reference model (KL): an HF directory or a --save checkpoint directory "
+                 "(default: --model)");
+  cmd.add_flag("--debug-rollout-only", job.debug_rollout_only,
+               "Only the rollout engines run: no training, reference or weight sync");
+  cmd.add_flag("--debug-train-only", job.debug_train_only,
+               "No inference engine: train on --load-debug-rollout-data (RL) or the dataset (SFT)");
+  cmd.add_flag("--disable-compute-advantages-and-returns",
+               job.disable_compute_advantages_and_returns,
+               "slime's SFT switch: no advantages (only with --loss-type sft_loss)");
   cmd.add_option("--seed", job.seed,
                  "LibTorch RNG seed of the train ranks (a checkpoint keeps "
                  "the RNG state, so --load continues it)")
@@ -121,6 +152,79 @@ namespace {
 
 // Registers the job flags on `app`, parses `args` into `job`, settles the dependent flags
 // and rejects invalid and contradictory settings.
+
+// Evaluation in the loop: resolves the defaults that follow the rollout flags.
+void check_eval_flags(actors::JobOptions& job, const std::string& where) {
+  auto& ev = job.eval;
+  if (ev.interval < 0) fail("{}: --eval-interval must be >= 0", where);
+  if (ev.interval > 0 && ev.prompt_data.empty()) {
+    fail("{}: --eval-interval {} needs --eval-prompt-data", where, ev.interval);
+  }
+  if (ev.interval == 0 && !ev.prompt_data.empty()) {
+    fail("{}: --eval-prompt-data is set but --eval-interval is not", where);
+  }
+  if (ev.interval > 0 && job.train.loss.loss_type == "sft_loss") {
+    fail("{}: --eval-interval needs rollout engines; SFT mode (--loss-type sft_loss) has none",
+         where);
+  }
+  ev.options.temperature = ev.temperature >= 0 ? ev.temperature : job.train.temperature;
+  ev.options.max_response_len =
+      ev.max_response_len > 0 ? ev.max_response_len : job.rollout.max_response_len;
+  ev.options.keep_samples = true;  // the head combines per-prompt counts across engines
+  try {
+    ev.options.validate();
+  } catch (const std::exception& e) {
+    fail("{}: {}", where, e.what());
+  }
+}
+
+// slime's debug switches, --ref-load and --disable-compute-advantages-and-returns: what
+// cannot work together is refused naming the flags.
+void check_debug_flags(actors::JobOptions& job, const std::string& where) {
+  const bool sft = job.train.loss.loss_type == "sft_loss";
+  if (job.disable_compute_advantages_and_returns && !sft) {
+    fail(
+        "{}: --disable-compute-advantages-and-returns needs --loss-type sft_loss (a policy "
+        "loss without advantages has no gradient)",
+        where);
+  }
+  if (job.debug_rollout_only && job.debug_train_only) {
+    fail("{}: --debug-rollout-only and --debug-train-only exclude each other", where);
+  }
+  if (job.debug_rollout_only) {
+    if (sft) fail("{}: --debug-rollout-only: SFT mode (--loss-type sft_loss) has no rollout", where);
+    if (!job.save.empty()) {
+      fail("{}: --debug-rollout-only trains nothing, so --save {} has nothing to checkpoint", where,
+           job.save);
+    }
+    if (!job.load.empty()) fail("{}: --debug-rollout-only with --load is not supported", where);
+    if (!job.rollout.load_debug_rollout_data.empty()) {
+      fail("{}: --debug-rollout-only with --load-debug-rollout-data: nothing would run", where);
+    }
+    if (job.placement.colocate) {
+      fail("{}: --debug-rollout-only with --colocate: there is no training to share with", where);
+    }
+  }
+  if (job.debug_train_only && !sft) {
+    if (job.rollout.load_debug_rollout_data.empty()) {
+      fail(
+          "{}: --debug-train-only without an inference engine needs --load-debug-rollout-data "
+          "(the samples to train on)",
+          where);
+    }
+    if (job.eval.interval > 0) {
+      fail("{}: --debug-train-only starts no inference engine, so --eval-interval cannot run",
+           where);
+    }
+    if (job.placement.colocate) {
+      fail("{}: --debug-train-only with --colocate: there is no engine to share with", where);
+    }
+  }
+  if (!job.ref_load.empty() && !job.use_ref()) {
+    fail("{}: --ref-load {}: no reference model is used without --use-kl-loss or --kl-coef",
+         where, job.ref_load);
+  }
+}
 
 // Dynamic sampling and debug rollout data (slime's flags): settings that cannot work are
 // refused before any process starts.
@@ -213,6 +317,8 @@ void parse_into(CLI::App& app, const std::vector<std::string>& args, actors::Job
          job.tensorboard_dir);
   }
   check_rollout_flags(job, where);
+  check_eval_flags(job, where);
+  check_debug_flags(job, where);
 }
 
 }  // namespace

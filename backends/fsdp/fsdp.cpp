@@ -465,7 +465,8 @@ std::string rank_file(int rank, int world) {
 }  // namespace
 
 void FsdpModel::save_checkpoint(const std::filesystem::path& save, int64_t iteration,
-                                const train::AdamW& optimizer, const nlohmann::json& state) {
+                                const train::AdamW& optimizer, const nlohmann::json& state,
+                                const std::filesystem::path& source) {
   namespace fs = std::filesystem;
   Impl& f = *impl_;
   const fs::path dest = train::iteration_dir(save, iteration);
@@ -518,6 +519,7 @@ void FsdpModel::save_checkpoint(const std::filesystem::path& save, int64_t itera
                         : f.dtype == at::kHalf   ? "float16"
                                                  : "float32";
       write_json_file_atomic(tmp / "model" / "config.json", config);
+      train::copy_hf_side_files(source, tmp / "model");
     }
   }
   f.comm->barrier();
@@ -644,10 +646,7 @@ void FsdpModel::export_hf(const std::filesystem::path& out, const std::filesyste
                         : dtype == at::kHalf   ? "float16"
                                                : "float32";
       write_json_file_atomic(tmp / "config.json", config);
-      for (const char* name : {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                               "special_tokens_map.json", "chat_template.jinja"}) {
-        if (!source.empty() && fs::exists(source / name)) fs::copy_file(source / name, tmp / name);
-      }
+      train::copy_hf_side_files(source, tmp);
       sync_directory(tmp);
       fs::remove_all(out);
       fs::rename(tmp, out);

@@ -74,9 +74,11 @@ class FsdpModel {
   // (the full model as an HF directory, written by rank 0), fsdp/rank_R-of-W.safetensors
   // (each rank's fp32 shards, AdamW moments and RNG state) and trainer_state.json; written
   // under a temporary name and renamed by rank 0 after every rank has finished, then the
-  // `latest_checkpointed_iteration.txt` pointer moves.
+  // `latest_checkpointed_iteration.txt` pointer moves. `source`: the HF directory whose
+  // tokenizer and generation files go into model/ (train::save_checkpoint's rule).
   void save_checkpoint(const std::filesystem::path& save, int64_t iteration,
-                       const train::AdamW& optimizer, const nlohmann::json& state);
+                       const train::AdamW& optimizer, const nlohmann::json& state,
+                       const std::filesystem::path& source = {});
   // Loads the latest (or the given) iteration into the shards and `optimizer`. The
   // checkpoint may come from any world size: each rank reads the rows of its new shard
   // from the old ranks' files that hold them. Returns nullopt when there is none.

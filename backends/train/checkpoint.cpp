@@ -79,8 +79,16 @@ fs::path iteration_dir(const fs::path& save, int64_t iteration) {
   return save / fmt::format("iter_{:07d}", iteration);
 }
 
+void copy_hf_side_files(const fs::path& source, const fs::path& dir) {
+  if (source.empty()) return;
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                        "special_tokens_map.json", "chat_template.jinja"}) {
+    if (fs::exists(source / f)) fs::copy_file(source / f, dir / f, fs::copy_options::overwrite_existing);
+  }
+}
+
 void save_checkpoint(const fs::path& save, int64_t iteration, const models::DecoderModel& model,
-                     const AdamW& optimizer, const json& state) {
+                     const AdamW& optimizer, const json& state, const fs::path& source) {
   if (iteration < 0) fail("checkpoint iteration {} is negative", iteration);
   const fs::path dest = iteration_dir(save, iteration);
   fs::path tmp = dest;
@@ -90,6 +98,7 @@ void save_checkpoint(const fs::path& save, int64_t iteration, const models::Deco
   fs::create_directories(tmp);
   try {
     write_model_dir(tmp / "model", model, model.dtype(), 5ull << 30);
+    copy_hf_side_files(source, tmp / "model");
 
     const auto& specs = model.specs();
     const auto& params = optimizer.parameters();
@@ -188,10 +197,7 @@ void export_hf(const fs::path& out, const models::DecoderModel& model, const fs:
   fs::remove_all(tmp);
   try {
     write_model_dir(tmp, model, dtype, max_shard_bytes);
-    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                          "special_tokens_map.json", "chat_template.jinja"}) {
-      if (!source.empty() && fs::exists(source / f)) fs::copy_file(source / f, tmp / f);
-    }
+    copy_hf_side_files(source, tmp);
     publish_directory(tmp, out);
   } catch (...) {
     std::error_code ignored;

@@ -28,10 +28,16 @@ std::filesystem::path iteration_dir(const std::filesystem::path& save, int64_t i
 
 // Writes iteration `iteration` under `save` and points `latest` at it. `state` is stored
 // verbatim in trainer_state.json under "state". An existing directory for the same
-// iteration is replaced.
+// iteration is replaced. `source` (the HF directory the model came from): its tokenizer
+// and generation files are copied into model/, so that directory loads on its own
+// (`anvil eval`, `--ref-load`, transformers).
 void save_checkpoint(const std::filesystem::path& save, int64_t iteration,
                      const models::DecoderModel& model, const AdamW& optimizer,
-                     const nlohmann::json& state);
+                     const nlohmann::json& state, const std::filesystem::path& source = {});
+
+// Copies the tokenizer, chat-template and generation files that exist in `source` into
+// `dir` (nothing when `source` is empty).
+void copy_hf_side_files(const std::filesystem::path& source, const std::filesystem::path& dir);
 
 struct LoadedCheckpoint {
   int64_t iteration = 0;

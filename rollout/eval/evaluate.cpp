@@ -93,7 +93,8 @@ EvalResult evaluate(engine::Engine& engine, const std::vector<EvalPrompt>& promp
     req.params.top_k = options.top_k > 0 ? options.top_k : -1;
     req.params.max_new_tokens = options.max_response_len;
     req.params.n = n;
-    req.params.seed = options.seed + 1000003ULL * j;
+    const uint64_t index = p.index >= 0 ? static_cast<uint64_t>(p.index) : static_cast<uint64_t>(j);
+    req.params.seed = options.seed + 1000003ULL * index;
     req.rid = "eval/" + std::to_string(j);
     req.on_finish = [&worker, &rewards, &p, j, n](const engine::GenerateOutput& out) {
       reward::RewardInput in;

@@ -9,7 +9,7 @@
 // (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), averaged over prompts; accuracy is the mean
 // fraction of correct samples (pass@1).
 //
-// Sampling: sample i of eval prompt j uses seed `seed + 1000003 * j + i` (the engine's
+// Sampling: sample i of eval prompt j (EvalPrompt::index) uses seed `seed + 1000003 * j + i` (the engine's
 // stream for sample i of a request seeded s is s + i), so an evaluation is reproducible
 // and independent of batching. Temperature 0 is greedy (all n samples are then equal).
 #pragma once
@@ -40,6 +40,10 @@ struct EvalPrompt {
   nlohmann::json label;            // --label-key value (null without one)
   nlohmann::json metadata;         // object; "rm_type" overrides the reward type
   std::string where;               // "file:line", for messages
+  // Its index in the whole eval set (the j of its seeds); -1: its position in the list
+  // given to evaluate(). The RL loop splits the set over engines and keeps the global index,
+  // so the samples do not depend on the engine count.
+  int64_t index = -1;
 };
 
 struct EvalOptions {

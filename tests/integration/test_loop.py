@@ -269,3 +269,184 @@ def test_rl_from_the_sft_checkpoint(setup, chat_data, rm):
     name = next(k for k in a if k.endswith("q_proj.weight"))
     assert not np.array_equal(a[name], b[name])
     assert (out / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+
+
+# ---- eval in the loop, SFT resume, --ref-load, slime's debug switches -----------------------
+
+EVAL = ["--n-samples-per-eval-prompt", "3", "--eval-temperature", "0.8",
+        "--eval-max-response-len", "4", "--eval-seed", "11"]
+
+
+@pytest.fixture(scope="module")
+def held_out(setup):
+    d, _, _ = setup
+    path = d / "held.jsonl"
+    with open(path, "w") as f:
+        for i in range(5):  # odd: the two engines get 3 and 2 prompts
+            f.write(json.dumps({"prompt": f"count to {100 + i}:", "label": str(100 + i)}) + "\n")
+    return str(path)
+
+
+def anvil_eval(model, held, url, out):
+    """The oracle: `anvil eval` (one engine, no actors) on the same prompts and settings."""
+    run("eval", "--model", model, "--prompt-data", held, "--input-key", "prompt",
+        "--label-key", "label", "--rm-type", "remote_rm", "--rm-url", url, *EVAL,
+        "--output", str(out))
+    return json.load(open(out))
+
+
+def test_eval_in_the_loop_equals_anvil_eval(setup, rm, held_out):
+    """--eval-interval: before training and after rollout 2 (interval 2, last), each of two
+    engines evaluates its share; the combined accuracy, pass@k and mean reward equal
+    `anvil eval` of the same weights (the initial model, then the saved iteration 2)."""
+    d, model, data = setup
+    out = d / "loop-eval"
+    metrics = out / "metrics.jsonl"
+    p = run("train", "--report", str(out / "report.json"),
+            *flags(model, data, rm.url, "--num-rollout", "2", "--rollout-num-gpus", "2",
+                   "--metrics-jsonl", str(metrics), "--save", str(out / "ckpt"),
+                   "--eval-interval", "2", "--eval-prompt-data", "held", held_out, *EVAL))
+    report = json.load(open(out / "report.json"))
+    assert report["ok"], report
+    evals = report["evals"]
+    assert [e["rollout"] for e in evals] == [0, 2]
+    assert sorted(e["prompts"] for e in evals[0]["engines"]) == [2, 3]
+    assert [e["engines"][0]["weight_version"] for e in evals] == [0, 2]
+    assert "eval at rollout 2: accuracy" in p.stderr + p.stdout
+    m = [l for l in lines(metrics) if "eval/held/accuracy" in l]
+    assert [l["rollout"] for l in m] == [0, 2]
+    for e, weights in zip(evals, [model, str(out / "ckpt" / "iter_0000002" / "model")]):
+        want = anvil_eval(weights, held_out, rm.url, out / f"oracle-{e['rollout']}.json")
+        got = e["metrics"]
+        assert got["eval/held/samples"] == want["samples"] == 15
+        assert got["eval/held/prompts"] == want["prompts"] == 5
+        assert got["eval/held/accuracy"] == pytest.approx(want["accuracy"], abs=1e-12)
+        assert got["eval/held/mean_reward"] == pytest.approx(want["mean_reward"], abs=1e-12)
+        for k in ("1", "2", "3"):
+            assert got[f"eval/held/pass@{k}"] == pytest.approx(want[f"pass@{k}"], abs=1e-12)
+        assert got["eval/held/mean_response_tokens"] == pytest.approx(
+            want["mean_response_tokens"], abs=1e-12)
+
+
+def test_eval_flag_errors(setup, held_out):
+    d, model, data = setup
+    base = flags(model, data, "http://127.0.0.1:9/x")
+    for extra, message in [
+        (["--eval-interval", "1"], "--eval-interval 1 needs --eval-prompt-data"),
+        (["--eval-prompt-data", held_out], "--eval-prompt-data is set but --eval-interval"),
+        (["--eval-interval", "1", "--eval-prompt-data", held_out,
+          "--n-samples-per-eval-prompt", "0"], "--n-samples-per-eval-prompt"),
+        (["--eval-interval", "1", "--eval-prompt-data", str(d / "missing.jsonl")],
+         "missing.jsonl"),
+    ]:
+        p = run("train", *base, *extra, check=False, timeout=60)
+        assert p.returncode != 0 and message in p.stderr, (extra, p.stderr)
+
+
+def test_sft_in_the_loop_resumes_the_dataset(setup, chat_data):
+    """An SFT job of the loop checkpointed after every step and resumed from iteration 1
+    continues the dataset where it stopped: the same losses and tokens as the straight run,
+    and the same final weights."""
+    d, model, _ = setup
+    out = d / "loop-sft-resume"
+    common = ["--model", model, "--prompt-data", chat_data, "--loss-type", "sft_loss",
+              "--num-rollout", "3", *SFT]
+    run("train", *common, "--metrics-jsonl", str(out / "a.jsonl"), "--save", str(out / "a"),
+        "--save-interval", "1")
+    run("train", *common, "--metrics-jsonl", str(out / "b.jsonl"), "--save", str(out / "b"),
+        "--load", str(out / "a"), "--ckpt-step", "1")
+    a, b = lines(out / "a.jsonl"), lines(out / "b.jsonl")
+    assert [l["step"] for l in b] == [1, 2]
+    for x, y in zip(a[1:], b):
+        assert x["sft/loss"] == y["sft/loss"], (x, y)
+        assert x["sft/tokens_seen"] == y["sft/tokens_seen"]
+    wa = open(out / "a" / "iter_0000003" / "model" / "model.safetensors", "rb").read()
+    wb = open(out / "b" / "iter_0000003" / "model" / "model.safetensors", "rb").read()
+    assert wa == wb
+    # An RL checkpoint carries no SFT data cursor: plain --load in SFT mode is refused.
+    rl = d / "loop-eval" / "ckpt"
+    if rl.exists():
+        p = run("train", *common, "--load", str(rl), check=False)
+        assert p.returncode != 0 and "no SFT data cursor" in p.stderr, p.stderr
+
+
+def first_kl(metrics):
+    return lines(metrics)[0]["kl_loss"]
+
+
+def test_ref_load_sets_the_kl_anchor(setup, chat_data, rm):
+    """RL after SFT (seed 002): with --ref-load of the SFT checkpoint the reference equals
+    the starting policy, so the first step's KL loss is exactly 0; with the base model as
+    reference it is not."""
+    d, model, data = setup
+    sft = d / "loop-sft" / "ckpt"
+    if not sft.exists():
+        pytest.skip("needs test_sft_in_the_loop_equals_anvil_sft's checkpoint")
+    out = d / "ref-load"
+    kl = ["--use-kl-loss", "--kl-loss-coef", "0.1", "--kl-loss-type", "low_var_kl",
+          "--num-rollout", "1", "--load", str(sft), "--finetune"]
+    run("train", *flags(model, data, rm.url, *kl, "--ref-load", str(sft),
+                        "--metrics-jsonl", str(out / "sft-ref.jsonl")))
+    run("train", *flags(model, data, rm.url, *kl, "--metrics-jsonl", str(out / "base-ref.jsonl")))
+    assert abs(first_kl(out / "sft-ref.jsonl")) < 1e-9
+    assert abs(first_kl(out / "base-ref.jsonl")) > 1e-6
+    # An HF directory works too (the SFT checkpoint's model/).
+    run("train", *flags(model, data, rm.url, *kl, "--ref-load",
+                        str(sft / "iter_0000003" / "model"),
+                        "--metrics-jsonl", str(out / "hf-ref.jsonl")))
+    assert abs(first_kl(out / "hf-ref.jsonl")) < 1e-9
+    p = run("train", *flags(model, data, rm.url, *kl, "--ref-load", str(d / "nowhere")),
+            check=False)
+    assert p.returncode != 0 and "--ref-load" in p.stderr and "nowhere" in p.stderr, p.stderr
+    p = run("train", *flags(model, data, rm.url, "--ref-load", str(sft)), check=False)
+    assert p.returncode != 0 and "no reference model is used" in p.stderr, p.stderr
+
+
+def test_debug_rollout_only_then_debug_train_only(setup, rm):
+    """--debug-rollout-only places only the engines and saves their samples; a normal run
+    saves its samples too; --debug-train-only (no inference engine) trained on the normal
+    run's samples reaches the normal run's weights exactly."""
+    d, model, data = setup
+    out = d / "debug"
+    p = run("train", "--report", str(out / "ro.json"),
+            *flags(model, data, rm.url, "--num-rollout", "2", "--debug-rollout-only",
+                   "--metrics-jsonl", str(out / "ro.jsonl"),
+                   "--save-debug-rollout-data", str(out / "ro" / "{rollout_id}.jsonl")))
+    report = json.load(open(out / "ro.json"))
+    assert report["ok"] and [pl["role"] for pl in report["placement"]] == ["rollout"]
+    assert [l["rollout"] for l in lines(out / "ro.jsonl")] == [0, 1]
+    assert all(l["weight_version"] == 0 for l in lines(out / "ro.jsonl"))
+    for k in range(2):
+        assert len(lines(out / "ro" / f"{k}.jsonl")) == GROUP
+    # A normal run that records its samples, then training alone on them.
+    run("train", *flags(model, data, rm.url, "--num-rollout", "2", "--save", str(out / "full"),
+                        "--save-debug-rollout-data", str(out / "full" / "{rollout_id}.jsonl")))
+    run("train", "--report", str(out / "to.json"),
+        *flags(model, data, rm.url, "--num-rollout", "2", "--debug-train-only",
+               "--save", str(out / "to"),
+               "--load-debug-rollout-data", str(out / "full" / "{rollout_id}.jsonl")))
+    report = json.load(open(out / "to.json"))
+    assert report["ok"] and "weight-sync" not in [pl["role"] for pl in report["placement"]]
+    a = open(out / "full" / "iter_0000002" / "model" / "model.safetensors", "rb").read()
+    b = open(out / "to" / "iter_0000002" / "model" / "model.safetensors", "rb").read()
+    assert a == b
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--debug-rollout-only", "--debug-train-only"], "exclude each other"),
+    (["--debug-rollout-only", "--save", "x"], "trains nothing"),
+    (["--debug-train-only"], "needs --load-debug-rollout-data"),
+    (["--disable-compute-advantages-and-returns"], "needs --loss-type sft_loss"),
+    (["--debug-rollout-only", "--colocate"], "--colocate"),
+])
+def test_debug_flag_errors(setup, extra, message):
+    d, model, data = setup
+    p = run("train", *flags(model, data, "http://127.0.0.1:9/x", *extra), check=False, timeout=60)
+    assert p.returncode != 0 and message in p.stderr, p.stderr
+
+
+def test_debug_rollout_only_refuses_async(setup):
+    d, model, data = setup
+    p = run("train", "--async", *flags(model, data, "http://127.0.0.1:9/x",
+                                       "--debug-rollout-only"), check=False, timeout=60)
+    assert p.returncode != 0 and "--debug-rollout-only" in p.stderr, p.stderr

@@ -5,5 +5,5 @@ anvil_unit_test(metrics_test SOURCES metrics_test.cpp LIBS anvil_metrics anvil::
 anvil_unit_test(metrics_test_config
   SOURCES metrics_test_config.cpp ${PROJECT_SOURCE_DIR}/launcher/job_flags.cpp
     ${PROJECT_SOURCE_DIR}/launcher/train_flags.cpp ${PROJECT_SOURCE_DIR}/launcher/data_flags.cpp
-  LIBS anvil_train anvil_data anvil_reward anvil_metrics yaml-cpp anvil::cli11 TORCH)
+  LIBS anvil_train anvil_eval anvil_data anvil_reward anvil_metrics yaml-cpp anvil::cli11 TORCH)
 target_include_directories(metrics_test_config PRIVATE ${PROJECT_SOURCE_DIR})
