@@ -58,6 +58,11 @@ struct JobOptions {
   reward::RewardOptions reward;  // --rm-type --rm-url --reward-key
   runtime::PlacementRequest placement;
   std::string train_backend = "fsdp";  // --train-backend fsdp|megatron
+  // --train-backend megatron (backends/megatron): the train group of W ranks is a TP x DP
+  // mesh; pipeline parallelism is not implemented (pp must be 1).
+  int tensor_model_parallel_size = 1;    // --tensor-model-parallel-size
+  int pipeline_model_parallel_size = 1;  // --pipeline-model-parallel-size
+  bool sequence_parallel = false;        // --sequence-parallel
   int64_t num_rollout = 1;             // --num-rollout
   // --update-weights-interval: with --async (anvil train-async), rollouts between weight
   // pushes to the engines (the synchronous loop pushes after every rollout).

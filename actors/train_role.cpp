@@ -7,6 +7,7 @@
 #include "backends/common/log.hpp"
 #include "backends/dist/communicator.hpp"
 #include "backends/fsdp/fsdp.hpp"
+#include "backends/megatron/megatron.hpp"
 #include "backends/models/weights.hpp"
 #include "backends/train/checkpoint.hpp"
 #include "rollout/data/conversation.hpp"
@@ -125,10 +126,6 @@ class TrainRole final : public Role {
       model_ = load_model(model_job);
       trainer_ = std::make_unique<train::Trainer>(*model_, job_.train);
     } else {
-      if (job_.train_backend != "fsdp") {
-        fail("--train-backend {} with {} train ranks: only fsdp is wired into the train role",
-             job_.train_backend, world_);
-      }
       if (job_.dist_master_port <= 0) {
         fail(
             "train group of {} ranks: --dist-master-port is not set (anvil head picks a free "
@@ -144,6 +141,19 @@ class TrainRole final : public Role {
       const at::Device device = role_device(job_);
       co.backend = device.is_cuda() ? dist::CommBackend::Nccl : dist::CommBackend::Gloo;
       comm_ = dist::Communicator::create(co);
+      if (job_.train_backend == "megatron") {
+        // TP x DP mesh (TP innermost); each rank holds its TP slice, the distributed
+        // optimizer shards fp32 masters and AdamW state over DP (backends/megatron).
+        megatron::Mesh mesh = megatron::Mesh::create(comm_, job_.tensor_model_parallel_size,
+                                                     job_.pipeline_model_parallel_size);
+        mega_ = std::make_unique<megatron::MegatronModel>(
+            std::move(mesh), model_job.model, models::parse_dtype_name(job_.dtype), device);
+        mega_->set_sequence_parallel(job_.sequence_parallel);
+        mega_trainer_ = std::make_unique<megatron::MegatronTrainer>(*mega_, job_.train);
+      }
+    }
+    if (world_ > 1 && !mega_) {
+      const at::Device device = role_device(job_);
       fsdp::FsdpOptions fo;
       fo.reshard_after_forward = job_.reshard_after_forward;
       fo.cpu_offload = job_.fsdp_cpu_offload;
@@ -157,7 +167,10 @@ class TrainRole final : public Role {
     // --seed (the same on every rank, as Megatron's data-parallel ranks), then --load
     // restores the checkpoint's RNG state over it.
     at::manual_seed(job_.seed);
-    if (!job_.load.empty() && !job_.finetune) load_checkpoint();
+    if (!job_.load.empty() && !job_.finetune) {
+      if (mega_) fail("--train-backend megatron: resuming a checkpoint is not implemented yet");
+      load_checkpoint();
+    }
     runtime::RolloutReceiver::Options o;
     o.host = ctx_.bind_host;
     receiver_ = std::make_unique<runtime::RolloutReceiver>(ctx_.token, o);
@@ -216,13 +229,13 @@ class TrainRole final : public Role {
     }
     auto t0 = std::chrono::steady_clock::now();
     std::vector<train::Metrics> steps =
-        trainer_->train_rollout(samples, have_ref ? ref : std::vector<at::Tensor>{});
+        train_steps(samples, have_ref ? ref : std::vector<at::Tensor>{});
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ++version_;
     nlohmann::json out = {{"rollout_id", rollout_id},   {"rank", ctx_.rank},
                           {"world_size", world_},       {"samples", samples.size()},
                           {"weight_version", version_}, {"seconds", seconds}};
-    out["optimizer_steps"] = trainer_->steps();
+    out["optimizer_steps"] = optimizer_steps();
     out["staleness_mean"] = staleness_sum / static_cast<double>(r.samples.size());
     out["staleness_max"] = staleness_max;
     out["steps"] = nlohmann::json::array();
@@ -292,6 +305,7 @@ class TrainRole final : public Role {
                            {"tokens_seen", sft_tokens_seen_}};
     }
     const std::string& dir = req.dir;
+    if (mega_) fail("--train-backend megatron: checkpoints (--save) are not implemented yet");
     if (fsdp_) {
       fsdp_->save_checkpoint(dir, static_cast<int64_t>(version_), trainer_->optimizer(), state,
                              job_.model);
@@ -385,7 +399,7 @@ class TrainRole final : public Role {
       batch.push_back(std::move(*s));
     }
     auto t0 = std::chrono::steady_clock::now();
-    std::vector<train::Metrics> steps = trainer_->train_rollout(batch);
+    std::vector<train::Metrics> steps = train_steps(batch, {});
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ++version_;
     nlohmann::json out = {{"rollout_id", step_id},
@@ -394,7 +408,7 @@ class TrainRole final : public Role {
                           {"samples", batch.size()},
                           {"weight_version", version_},
                           {"seconds", seconds},
-                          {"optimizer_steps", trainer_->steps()}};
+                          {"optimizer_steps", optimizer_steps()}};
     out["steps"] = nlohmann::json::array();
     for (const auto& m : steps) {
       nlohmann::json step;
@@ -439,6 +453,16 @@ class TrainRole final : public Role {
     loaded_iteration_ = p.iteration;
   }
 
+  // One optimizer step per global batch of `samples` on whichever engine this rank runs.
+  std::vector<train::Metrics> train_steps(const std::vector<train::TrainSample>& samples,
+                                          const std::vector<at::Tensor>& ref) {
+    return mega_trainer_ ? mega_trainer_->train_rollout(samples, ref)
+                         : trainer_->train_rollout(samples, ref);
+  }
+  int64_t optimizer_steps() const {
+    return mega_trainer_ ? mega_trainer_->steps() : trainer_->steps();
+  }
+
   std::string move_state(bool to_host) {
     const at::Device device = role_device(job_);
     nlohmann::json out = {{"rank", ctx_.rank}, {"device", job_.device}};
@@ -446,6 +470,7 @@ class TrainRole final : public Role {
       out["moved"] = false;
       return out.dump();
     }
+    if (mega_) fail("--train-backend megatron: offloading the training state is not implemented");
     at::NoGradGuard no_grad;
     const at::Device target = to_host ? at::Device(at::kCPU) : device;
     if (fsdp_) {
@@ -467,23 +492,26 @@ class TrainRole final : public Role {
                                                      bool keep_tensors = true) {
     keep.clear();
     crc = 0;
-    if (!fsdp_) {
+    if (!fsdp_ && !mega_) {
       auto views = weight_views(*model_, keep);
       for (const auto& v : views) crc = runtime::crc32c(v.data, v.bytes, crc);
       return views;
     }
     std::vector<runtime::TensorView> views;
     const at::ScalarType dtype = models::parse_dtype_name(job_.dtype);
-    fsdp_->for_each_full_bucket(job_.update_weight_buffer_size, dtype,
-                                [&](const std::vector<fsdp::FsdpModel::NamedTensor>& bucket) {
-                                  for (const auto& [name, full] : bucket) {
-                                    std::vector<at::Tensor> one;
-                                    runtime::TensorView v =
-                                        host_view(name, full, keep_tensors ? keep : one);
-                                    crc = runtime::crc32c(v.data, v.bytes, crc);
-                                    if (keep_tensors) views.push_back(std::move(v));
-                                  }
-                                });
+    auto take = [&](const std::vector<std::pair<std::string, at::Tensor>>& bucket) {
+      for (const auto& [name, full] : bucket) {
+        std::vector<at::Tensor> one;
+        runtime::TensorView v = host_view(name, full, keep_tensors ? keep : one);
+        crc = runtime::crc32c(v.data, v.bytes, crc);
+        if (keep_tensors) views.push_back(std::move(v));
+      }
+    };
+    if (mega_) {
+      mega_->for_each_full_bucket(job_.update_weight_buffer_size, dtype, take);
+    } else {
+      fsdp_->for_each_full_bucket(job_.update_weight_buffer_size, dtype, take);
+    }
     return views;
   }
   uint32_t checksum() {
@@ -509,7 +537,9 @@ class TrainRole final : public Role {
   int world_ = 1;
   std::unique_ptr<models::DecoderModel> model_;  // one rank
   std::shared_ptr<dist::Communicator> comm_;     // W > 1
-  std::unique_ptr<fsdp::FsdpModel> fsdp_;        // W > 1
+  std::unique_ptr<fsdp::FsdpModel> fsdp_;        // W > 1, --train-backend fsdp
+  std::unique_ptr<megatron::MegatronModel> mega_;  // W > 1, --train-backend megatron
+  std::unique_ptr<megatron::MegatronTrainer> mega_trainer_;
   std::unique_ptr<train::Trainer> trainer_;
   std::unique_ptr<runtime::RolloutReceiver> receiver_;
   std::atomic<runtime::RolloutReceiver*> cancel_target_{nullptr};  // receiver_, for cancel()

@@ -84,6 +84,15 @@ void add_job_flags(CLI::App& cmd, actors::JobOptions& job) {
   cmd.add_option("--train-backend", job.train_backend, "fsdp | megatron")
       ->check(CLI::IsMember({"fsdp", "megatron"}))
       ->capture_default_str();
+  cmd.add_option("--tensor-model-parallel-size", job.tensor_model_parallel_size,
+                 "Megatron backend: tensor-parallel ranks (the train group is TP x DP)")
+      ->capture_default_str();
+  cmd.add_option("--pipeline-model-parallel-size", job.pipeline_model_parallel_size,
+                 "Megatron backend: pipeline stages (only 1: pipeline parallelism is not "
+                 "implemented yet)")
+      ->capture_default_str();
+  cmd.add_flag("--sequence-parallel", job.sequence_parallel,
+               "Megatron backend: split tokens over TP between the tensor-parallel regions");
   cmd.add_option("--num-rollout", job.num_rollout, "Rollouts (RL steps) to run")
       ->capture_default_str();
   cmd.add_option("--save", job.save, "Checkpoint directory (written by train rank 0)");
@@ -175,6 +184,50 @@ void check_eval_flags(actors::JobOptions& job, const std::string& where) {
     ev.options.validate();
   } catch (const std::exception& e) {
     fail("{}: {}", where, e.what());
+  }
+}
+
+// --train-backend megatron: the mesh's sizes and what the backend cannot do yet.
+void check_megatron_flags(actors::JobOptions& job, const std::string& where) {
+  const int64_t world = static_cast<int64_t>(job.placement.actor_num_nodes) *
+                        job.placement.actor_num_gpus_per_node;
+  const int tp = job.tensor_model_parallel_size, pp = job.pipeline_model_parallel_size;
+  if (job.train_backend != "megatron") {
+    if (tp != 1 || pp != 1 || job.sequence_parallel) {
+      fail(
+          "{}: --tensor-model-parallel-size / --pipeline-model-parallel-size / "
+          "--sequence-parallel need --train-backend megatron",
+          where);
+    }
+    return;
+  }
+  if (tp < 1) fail("{}: --tensor-model-parallel-size must be >= 1, got {}", where, tp);
+  if (pp != 1) {
+    fail("{}: --pipeline-model-parallel-size {}: pipeline parallelism is not implemented yet",
+         where, pp);
+  }
+  if (world % tp != 0) {
+    fail(
+        "{}: --tensor-model-parallel-size {} does not divide the {} train ranks "
+        "(--actor-num-nodes x --actor-num-gpus-per-node)",
+        where, tp, world);
+  }
+  if (job.sequence_parallel && tp == 1) {
+    fail("{}: --sequence-parallel needs --tensor-model-parallel-size > 1", where);
+  }
+  if (world > 1) {
+    if (!job.save.empty()) {
+      fail(
+          "{}: --train-backend megatron with {} ranks: --save is not implemented yet (no "
+          "sharded Megatron checkpoints)",
+          where, world);
+    }
+    if (!job.load.empty() && !job.finetune) {
+      fail(
+          "{}: --train-backend megatron with {} ranks resumes no checkpoint yet; --load DIR "
+          "--finetune starts from its weights",
+          where, world);
+    }
   }
 }
 
@@ -319,6 +372,7 @@ void parse_into(CLI::App& app, const std::vector<std::string>& args, actors::Job
   check_rollout_flags(job, where);
   check_eval_flags(job, where);
   check_debug_flags(job, where);
+  check_megatron_flags(job, where);
 }
 
 }  // namespace
