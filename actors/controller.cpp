@@ -643,7 +643,7 @@ void Controller::run_eval(std::function<void()> then) {
                               {"time/eval", now_s() - t0}};
         for (int64_t k : st_->options.eval_pass_k) {
           double sum = 0;
-          for (const auto& [n, c] : counts) sum += eval::pass_at_k(n, c, std::min(k, n));
+          for (const auto& [n, c] : counts) sum += eval::pass_at_k(n, c, k);
           m[p + "pass@" + std::to_string(k)] = sum / static_cast<double>(counts.size());
         }
         nlohmann::json entry = {{"rollout", at}, {"engines", replies}};
@@ -846,9 +846,8 @@ void Controller::log_metrics(const nlohmann::json& rollout_report) {
   }
   metrics::Scalars common = {
       {"rollout", static_cast<double>(rollout_report.value("rollout", 0))},
-      {"weight_version",
-       trains.empty() ? rollout_report["generate"][0].value("weight_version", 0.0)
-                      : t.value("weight_version", 0.0)},
+      {"weight_version", trains.empty() ? rollout_report["generate"][0].value("weight_version", 0.0)
+                                        : t.value("weight_version", 0.0)},
       {"rank", t.value("rank", 0.0)},
       {"rollout/samples", samples},
       {"rollout/response_tokens", response_tokens},

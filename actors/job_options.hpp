@@ -63,7 +63,7 @@ struct JobOptions {
   int tensor_model_parallel_size = 1;    // --tensor-model-parallel-size
   int pipeline_model_parallel_size = 1;  // --pipeline-model-parallel-size
   bool sequence_parallel = false;        // --sequence-parallel
-  int64_t num_rollout = 1;             // --num-rollout
+  int64_t num_rollout = 1;               // --num-rollout
   // --update-weights-interval: with --async (anvil train-async), rollouts between weight
   // pushes to the engines (the synchronous loop pushes after every rollout).
   int64_t update_weights_interval = 1;

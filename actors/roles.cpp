@@ -85,8 +85,8 @@ class RefRole final : public Role {
     }
     model_ = load_model(ref_job);
     if (!job_.ref_load.empty()) {
-      const auto policy = models::ModelConfig::load(std::filesystem::path(job_.model) /
-                                                         "config.json");
+      const auto policy =
+          models::ModelConfig::load(std::filesystem::path(job_.model) / "config.json");
       if (policy.vocab_size != model_->config().vocab_size) {
         fail("--ref-load {}: vocabulary of {} tokens, the policy (--model {}) has {}",
              job_.ref_load, model_->config().vocab_size, job_.model, policy.vocab_size);
@@ -171,7 +171,8 @@ class RolloutRole final : public Role {
     if (resume) model_job.model = checkpoint_model_dir(*resume).string();
     // --debug-train-only: no inference engine (and no model) here; this role only reads
     // --load-debug-rollout-data and hands the samples to training.
-    if (!job_.debug_train_only) model_ = std::shared_ptr<models::DecoderModel>(load_model(model_job));
+    if (!job_.debug_train_only)
+      model_ = std::shared_ptr<models::DecoderModel>(load_model(model_job));
     chat_ = std::make_unique<data::ChatTokenizer>(data::ChatTokenizer::from_model_dir(job_.model));
     source_ = std::make_unique<data::PromptSource>(job_.data);
     if (resume && !job_.finetune) {
@@ -206,15 +207,7 @@ class RolloutRole final : public Role {
     }
     if (job_.debug_train_only) {
       L()->info("rollout role {}: --debug-train-only, no inference engine started", ctx_.rank);
-      return nlohmann::json{{"role", "rollout"},
-                            {"rank", ctx_.rank},
-                            {"endpoint", ""},
-                            {"weight_version", version_},
-                            {"loaded_iteration", loaded_iteration_ >= 0
-                                                     ? nlohmann::json(loaded_iteration_)
-                                                     : nlohmann::json()},
-                            {"engine", false}}
-          .dump();
+      return init_info();
     }
     engine::EngineOptions eo;
     eo.background = false;  // generate() drives the steps on this role's thread
@@ -252,15 +245,22 @@ class RolloutRole final : public Role {
                     ctx_.rank, v.version, v.tensors.size(), v.bytes,
                     v.via_shared_memory ? ", shared memory" : "");
         });
+    return init_info();
+  }
+
+  // The init reply: where weight versions go (none with --debug-train-only: no engine) and
+  // what this engine holds.
+  std::string init_info() {
     std::lock_guard<std::mutex> lock(mutex_);
     return nlohmann::json{
         {"role", "rollout"},
         {"rank", ctx_.rank},
-        {"endpoint", ctx_.bind_host + ":" + std::to_string(receiver_->port())},
+        {"endpoint", receiver_ ? ctx_.bind_host + ":" + std::to_string(receiver_->port()) : ""},
         {"weight_version", version_},
         {"loaded_iteration",
          loaded_iteration_ >= 0 ? nlohmann::json(loaded_iteration_) : nlohmann::json()},
-        {"checksum", weights_checksum(*model_)}}
+        {"engine", model_ != nullptr},
+        {"checksum", model_ ? weights_checksum(*model_) : 0u}}
         .dump();
   }
 

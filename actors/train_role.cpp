@@ -150,19 +150,9 @@ class TrainRole final : public Role {
             std::move(mesh), model_job.model, models::parse_dtype_name(job_.dtype), device);
         mega_->set_sequence_parallel(job_.sequence_parallel);
         mega_trainer_ = std::make_unique<megatron::MegatronTrainer>(*mega_, job_.train);
+      } else {
+        init_fsdp(model_job.model, device);
       }
-    }
-    if (world_ > 1 && !mega_) {
-      const at::Device device = role_device(job_);
-      fsdp::FsdpOptions fo;
-      fo.reshard_after_forward = job_.reshard_after_forward;
-      fo.cpu_offload = job_.fsdp_cpu_offload;
-      fsdp_ = std::make_unique<fsdp::FsdpModel>(comm_, model_job.model,
-                                                models::parse_dtype_name(job_.dtype), device, fo);
-      train::TrainerOptions o = job_.train;
-      o.schedule.dp_size = world_;
-      o.dp_rank = ctx_.rank;
-      trainer_ = std::make_unique<train::Trainer>(fsdp_->model(), o, fsdp_->trainer_hooks());
     }
     // --seed (the same on every rank, as Megatron's data-parallel ranks), then --load
     // restores the checkpoint's RNG state over it.
@@ -453,6 +443,19 @@ class TrainRole final : public Role {
     loaded_iteration_ = p.iteration;
   }
 
+  // --train-backend fsdp with W > 1: this rank's shards under train::Trainer's flow.
+  void init_fsdp(const std::string& model_dir, const at::Device& device) {
+    fsdp::FsdpOptions fo;
+    fo.reshard_after_forward = job_.reshard_after_forward;
+    fo.cpu_offload = job_.fsdp_cpu_offload;
+    fsdp_ = std::make_unique<fsdp::FsdpModel>(comm_, model_dir,
+                                              models::parse_dtype_name(job_.dtype), device, fo);
+    train::TrainerOptions o = job_.train;
+    o.schedule.dp_size = world_;
+    o.dp_rank = ctx_.rank;
+    trainer_ = std::make_unique<train::Trainer>(fsdp_->model(), o, fsdp_->trainer_hooks());
+  }
+
   // One optimizer step per global batch of `samples` on whichever engine this rank runs.
   std::vector<train::Metrics> train_steps(const std::vector<train::TrainSample>& samples,
                                           const std::vector<at::Tensor>& ref) {
@@ -535,9 +538,9 @@ class TrainRole final : public Role {
   RoleContext ctx_;
   JobOptions job_;
   int world_ = 1;
-  std::unique_ptr<models::DecoderModel> model_;  // one rank
-  std::shared_ptr<dist::Communicator> comm_;     // W > 1
-  std::unique_ptr<fsdp::FsdpModel> fsdp_;        // W > 1, --train-backend fsdp
+  std::unique_ptr<models::DecoderModel> model_;    // one rank
+  std::shared_ptr<dist::Communicator> comm_;       // W > 1
+  std::unique_ptr<fsdp::FsdpModel> fsdp_;          // W > 1, --train-backend fsdp
   std::unique_ptr<megatron::MegatronModel> mega_;  // W > 1, --train-backend megatron
   std::unique_ptr<megatron::MegatronTrainer> mega_trainer_;
   std::unique_ptr<train::Trainer> trainer_;
@@ -545,7 +548,7 @@ class TrainRole final : public Role {
   std::atomic<runtime::RolloutReceiver*> cancel_target_{nullptr};  // receiver_, for cancel()
   std::map<std::string, std::unique_ptr<runtime::WeightPusher>> pushers_;  // by endpoint
   uint64_t version_ = 0;
-  int64_t loaded_iteration_ = -1;  // --load: the checkpoint's iteration
+  int64_t loaded_iteration_ = -1;                           // --load: the checkpoint's iteration
   nlohmann::json loaded_state_ = nlohmann::json::object();  // --load: its trainer state
   // SFT mode (--loss-type sft_loss).
   std::unique_ptr<data::ChatTokenizer> sft_chat_;

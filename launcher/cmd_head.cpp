@@ -112,8 +112,7 @@ int run_head_cmd(HeadArgs& a, const std::vector<std::string>& extras) {
   a.head.eval_interval = job->eval.interval;
   a.head.eval_before_train = job->eval.interval > 0 && !job->eval.skip_before_train;
   a.head.eval_name = job->eval.name();
-  for (int64_t k = 1; k < job->eval.options.n_samples; k *= 2) a.head.eval_pass_k.push_back(k);
-  if (job->eval.interval > 0) a.head.eval_pass_k.push_back(job->eval.options.n_samples);
+  if (job->eval.interval > 0) a.head.eval_pass_k = job->eval.options.pass_k_values();
   if (a.head.sft && (a.head.async || job->placement.colocate)) {
     fail("--loss-type sft_loss trains without rollouts: --async and --colocate do not apply");
   }

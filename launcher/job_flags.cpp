@@ -159,9 +159,6 @@ void add_job_flags(CLI::App& cmd, actors::JobOptions& job) {
 
 namespace {
 
-// Registers the job flags on `app`, parses `args` into `job`, settles the dependent flags
-// and rejects invalid and contradictory settings.
-
 // Evaluation in the loop: resolves the defaults that follow the rollout flags.
 void check_eval_flags(actors::JobOptions& job, const std::string& where) {
   auto& ev = job.eval;
@@ -189,8 +186,8 @@ void check_eval_flags(actors::JobOptions& job, const std::string& where) {
 
 // --train-backend megatron: the mesh's sizes and what the backend cannot do yet.
 void check_megatron_flags(actors::JobOptions& job, const std::string& where) {
-  const int64_t world = static_cast<int64_t>(job.placement.actor_num_nodes) *
-                        job.placement.actor_num_gpus_per_node;
+  const int64_t world =
+      static_cast<int64_t>(job.placement.actor_num_nodes) * job.placement.actor_num_gpus_per_node;
   const int tp = job.tensor_model_parallel_size, pp = job.pipeline_model_parallel_size;
   if (job.train_backend != "megatron") {
     if (tp != 1 || pp != 1 || job.sequence_parallel) {
@@ -245,7 +242,8 @@ void check_debug_flags(actors::JobOptions& job, const std::string& where) {
     fail("{}: --debug-rollout-only and --debug-train-only exclude each other", where);
   }
   if (job.debug_rollout_only) {
-    if (sft) fail("{}: --debug-rollout-only: SFT mode (--loss-type sft_loss) has no rollout", where);
+    if (sft)
+      fail("{}: --debug-rollout-only: SFT mode (--loss-type sft_loss) has no rollout", where);
     if (!job.save.empty()) {
       fail("{}: --debug-rollout-only trains nothing, so --save {} has nothing to checkpoint", where,
            job.save);
@@ -274,8 +272,8 @@ void check_debug_flags(actors::JobOptions& job, const std::string& where) {
     }
   }
   if (!job.ref_load.empty() && !job.use_ref()) {
-    fail("{}: --ref-load {}: no reference model is used without --use-kl-loss or --kl-coef",
-         where, job.ref_load);
+    fail("{}: --ref-load {}: no reference model is used without --use-kl-loss or --kl-coef", where,
+         job.ref_load);
   }
 }
 
@@ -337,6 +335,8 @@ void check_rollout_flags(actors::JobOptions& job, const std::string& where) {
   }
 }
 
+// Registers the job flags on `app`, parses `args` into `job`, settles the dependent flags
+// and rejects invalid and contradictory settings.
 void parse_into(CLI::App& app, const std::vector<std::string>& args, actors::JobOptions& job,
                 const std::string& where) {
   add_job_flags(app, job);

@@ -83,7 +83,8 @@ void copy_hf_side_files(const fs::path& source, const fs::path& dir) {
   if (source.empty()) return;
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
                         "special_tokens_map.json", "chat_template.jinja"}) {
-    if (fs::exists(source / f)) fs::copy_file(source / f, dir / f, fs::copy_options::overwrite_existing);
+    if (fs::exists(source / f))
+      fs::copy_file(source / f, dir / f, fs::copy_options::overwrite_existing);
   }
 }
 

@@ -56,19 +56,24 @@ std::string EvalResult::summary() const {
   return s;
 }
 
+std::vector<int64_t> EvalOptions::pass_k_values() const {
+  std::vector<int64_t> ks = pass_k;
+  if (ks.empty()) {
+    for (int64_t k = 1; k < n_samples; k *= 2) ks.push_back(k);
+    ks.push_back(n_samples);
+  }
+  std::sort(ks.begin(), ks.end());
+  ks.erase(std::unique(ks.begin(), ks.end()), ks.end());
+  return ks;
+}
+
 EvalResult evaluate(engine::Engine& engine, const std::vector<EvalPrompt>& prompts,
                     const reward::RewardOptions& reward, const EvalOptions& options) {
   options.validate();
   reward.validate();
   if (prompts.empty()) fail("eval: no eval prompts");
   const int64_t n = options.n_samples;
-  std::vector<int64_t> ks = options.pass_k;
-  if (ks.empty()) {
-    for (int64_t k = 1; k < n; k *= 2) ks.push_back(k);
-    ks.push_back(n);
-  }
-  std::sort(ks.begin(), ks.end());
-  ks.erase(std::unique(ks.begin(), ks.end()), ks.end());
+  const std::vector<int64_t> ks = options.pass_k_values();
 
   const size_t P = prompts.size();
   reward::RewardWorker worker(reward, options.reward_threads);

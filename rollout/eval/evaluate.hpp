@@ -9,8 +9,8 @@
 // (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), averaged over prompts; accuracy is the mean
 // fraction of correct samples (pass@1).
 //
-// Sampling: sample i of eval prompt j (EvalPrompt::index) uses seed `seed + 1000003 * j + i` (the engine's
-// stream for sample i of a request seeded s is s + i), so an evaluation is reproducible
+// Sampling: sample i of eval prompt j (EvalPrompt::index) uses seed `seed + 1000003 * j + i` (the
+// engine's stream for sample i of a request seeded s is s + i), so an evaluation is reproducible
 // and independent of batching. Temperature 0 is greedy (all n samples are then equal).
 #pragma once
 
@@ -61,6 +61,8 @@ struct EvalOptions {
   bool keep_samples = false;  // fill EvalResult::samples
   // Throws anvil::Error naming the flag for an out-of-range value.
   void validate() const;
+  // The k values reported: pass_k sorted and unique, or the default {1, 2, 4, ..., n}.
+  std::vector<int64_t> pass_k_values() const;
 };
 
 struct EvalSample {
