@@ -142,8 +142,9 @@ class TrainRole final : public Role {
       co.backend = device.is_cuda() ? dist::CommBackend::Nccl : dist::CommBackend::Gloo;
       comm_ = dist::Communicator::create(co);
       if (job_.train_backend == "megatron") {
-        // TP x DP mesh (TP innermost); each rank holds its TP slice, the distributed
-        // optimizer shards fp32 masters and AdamW state over DP (backends/megatron).
+        // TP x DP x PP mesh (TP innermost); each rank holds its TP slice of its pipeline
+        // stage, the distributed optimizer shards fp32 masters and AdamW state over DP
+        // (backends/megatron).
         megatron::Mesh mesh = megatron::Mesh::create(comm_, job_.tensor_model_parallel_size,
                                                      job_.pipeline_model_parallel_size);
         mega_ = std::make_unique<megatron::MegatronModel>(

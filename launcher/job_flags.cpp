@@ -88,8 +88,8 @@ void add_job_flags(CLI::App& cmd, actors::JobOptions& job) {
                  "Megatron backend: tensor-parallel ranks (the train group is TP x DP)")
       ->capture_default_str();
   cmd.add_option("--pipeline-model-parallel-size", job.pipeline_model_parallel_size,
-                 "Megatron backend: pipeline stages (only 1: pipeline parallelism is not "
-                 "implemented yet)")
+                 "Megatron backend: pipeline stages (the train group is TP x DP x PP; "
+                 "1F1B schedule over each step's micro-batches)")
       ->capture_default_str();
   cmd.add_flag("--sequence-parallel", job.sequence_parallel,
                "Megatron backend: split tokens over TP between the tensor-parallel regions");
@@ -199,9 +199,12 @@ void check_megatron_flags(actors::JobOptions& job, const std::string& where) {
     return;
   }
   if (tp < 1) fail("{}: --tensor-model-parallel-size must be >= 1, got {}", where, tp);
-  if (pp != 1) {
-    fail("{}: --pipeline-model-parallel-size {}: pipeline parallelism is not implemented yet",
-         where, pp);
+  if (pp < 1) fail("{}: --pipeline-model-parallel-size must be >= 1, got {}", where, pp);
+  if (pp > 1 && world % (static_cast<int64_t>(tp) * pp) != 0) {
+    fail(
+        "{}: --tensor-model-parallel-size {} x --pipeline-model-parallel-size {} = {} does not "
+        "divide the {} train ranks (--actor-num-nodes x --actor-num-gpus-per-node)",
+        where, tp, pp, static_cast<int64_t>(tp) * pp, world);
   }
   if (world % tp != 0) {
     fail(

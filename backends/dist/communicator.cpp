@@ -54,6 +54,12 @@ class LocalCommunicator final : public Communicator {
   void all_reduce(at::Tensor&) override {}
   void broadcast(at::Tensor&, int) override {}
   void barrier() override {}
+  std::unique_ptr<PendingCollective> send_async(const at::Tensor&, int dst, int) override {
+    fail("rank 0 of 1: send to rank {}: a group of one has no peer", dst);
+  }
+  std::unique_ptr<PendingCollective> recv_async(at::Tensor&, int src, int) override {
+    fail("rank 0 of 1: receive from rank {}: a group of one has no peer", src);
+  }
   std::shared_ptr<Communicator> new_group(const std::vector<int>& ranks,
                                           const std::string& tag) override {
     check_group(ranks, 0, 1, tag);
@@ -177,6 +183,20 @@ class C10dCommunicator final : public Communicator {
       return pg_->broadcast(ts, bo);
     })->wait();
   }
+  std::unique_ptr<PendingCollective> send_async(const at::Tensor& t, int dst, int tag) override {
+    check_peer("send to", dst, tag);
+    return start("send", t.nbytes(), {}, {t}, [this, dst, tag](auto&, auto& i) {
+      std::vector<at::Tensor> ts{i[0]};
+      return pg_->send(ts, dst, tag);
+    });
+  }
+  std::unique_ptr<PendingCollective> recv_async(at::Tensor& t, int src, int tag) override {
+    check_peer("receive from", src, tag);
+    return start("recv", t.nbytes(), {&t}, {}, [this, src, tag](auto& o, auto&) {
+      std::vector<at::Tensor> ts{o[0]};
+      return pg_->recv(ts, src, tag);
+    });
+  }
   void barrier() override {
     start("barrier", 0, {}, {}, [this](auto&, auto&) {
       c10d::BarrierOptions bo;
@@ -223,6 +243,13 @@ class C10dCommunicator final : public Communicator {
     return std::make_unique<PendingWork>(o_, op, bytes, std::move(work), std::move(finish));
   }
   at::Device device() const { return at::Device(at::kCUDA, device_index()); }
+  void check_peer(const char* what, int peer, int tag) const {
+    if (peer < 0 || peer >= o_.world_size || peer == o_.rank || tag < 0)
+      fail(
+          "rank {} of {}: {} rank {} with tag {}: the peer must be another rank of the group "
+          "and the tag >= 0",
+          o_.rank, o_.world_size, what, peer, tag);
+  }
   void make_backend() {
     if (o_.backend == CommBackend::Nccl) {
       stage_ = true;

@@ -62,6 +62,15 @@ class Communicator {
   virtual void broadcast(at::Tensor& t, int root) = 0;
   virtual void barrier() = 0;
 
+  // Point to point (pipeline parallelism's activations and their gradients): sends `t` to
+  // rank `dst` / receives into `t` from rank `src`, matched by `tag` (>= 0) and, for one
+  // (peer, tag), in order. Both start now; `t` must stay alive and untouched until wait().
+  // A send may finish before its receive is posted (Gloo) or only together with it (NCCL),
+  // so a schedule must never wait for a send before posting the receives it depends on.
+  virtual std::unique_ptr<PendingCollective> send_async(const at::Tensor& t, int dst, int tag) = 0;
+  virtual std::unique_ptr<PendingCollective> recv_async(at::Tensor& t, int src, int tag) = 0;
+  void recv(at::Tensor& t, int src, int tag) { recv_async(t, src, tag)->wait(); }
+
   // A sub-group of this group (the tensor/data-parallel groups of a process mesh):
   // `ranks` are ranks of this group, ascending, this rank among them; the new group's rank
   // is this rank's index in `ranks`. Every rank of `ranks` calls it with the same ranks and

@@ -28,28 +28,50 @@ using torch::autograd::variable_list;
 // Mesh
 
 Mesh Mesh::create(std::shared_ptr<dist::Communicator> world, int tp_size, int pp_size) {
-  const bool bad = pp_size != 1 || tp_size < 1 || world->size() % tp_size != 0;
-  if (bad) world->barrier();  // every rank has joined: they all fail alike, none hangs
-  if (pp_size != 1)
-    fail(
-        "--pipeline-model-parallel-size {}: pipeline parallelism is not implemented by the "
-        "megatron backend (use 1)",
-        pp_size);
   const int W = world->size();
-  if (tp_size < 1 || W % tp_size != 0)
+  const bool bad = tp_size < 1 || pp_size < 1 || W % (static_cast<int64_t>(tp_size) * pp_size);
+  if (bad) world->barrier();  // every rank has joined: they all fail alike, none hangs
+  if (pp_size == 1 && (tp_size < 1 || W % tp_size != 0))
     fail("--tensor-model-parallel-size {} must be >= 1 and divide the world size {}", tp_size, W);
+  if (bad)
+    fail(
+        "--tensor-model-parallel-size {} x --pipeline-model-parallel-size {}: both must be >= 1 "
+        "and their product divide the world size {}",
+        tp_size, pp_size, W);
   Mesh m;
   m.tp_size = tp_size;
-  m.dp_size = W / tp_size;
-  m.tp_rank = world->rank() % tp_size;
-  m.dp_rank = world->rank() / tp_size;
-  std::vector<int> tp_ranks, dp_ranks;
-  for (int t = 0; t < tp_size; ++t) tp_ranks.push_back(m.dp_rank * tp_size + t);
-  for (int d = 0; d < m.dp_size; ++d) dp_ranks.push_back(d * tp_size + m.tp_rank);
-  m.tp = world->new_group(tp_ranks, fmt::format("tp{}-of-{}", m.dp_rank, tp_size));
-  m.dp = world->new_group(dp_ranks, fmt::format("dp{}-of-{}", m.tp_rank, tp_size));
+  m.pp_size = pp_size;
+  m.dp_size = W / (tp_size * pp_size);
+  const int stage_ranks = m.dp_size * tp_size, r = world->rank();
+  m.tp_rank = r % tp_size;
+  m.dp_rank = r % stage_ranks / tp_size;
+  m.pp_rank = r / stage_ranks;
+  auto rank_of = [&](int pp, int dp, int tp) { return pp * stage_ranks + dp * tp_size + tp; };
+  std::vector<int> tp_ranks, dp_ranks, pp_ranks;
+  for (int t = 0; t < tp_size; ++t) tp_ranks.push_back(rank_of(m.pp_rank, m.dp_rank, t));
+  for (int d = 0; d < m.dp_size; ++d) dp_ranks.push_back(rank_of(m.pp_rank, d, m.tp_rank));
+  for (int p = 0; p < pp_size; ++p) pp_ranks.push_back(rank_of(p, m.dp_rank, m.tp_rank));
+  // Group tags name the fixed coordinates, so the groups of one dimension differ.
+  m.tp =
+      world->new_group(tp_ranks, fmt::format("tp-pp{}-dp{}-of-{}", m.pp_rank, m.dp_rank, tp_size));
+  m.dp =
+      world->new_group(dp_ranks, fmt::format("dp-pp{}-tp{}-of-{}", m.pp_rank, m.tp_rank, tp_size));
+  m.pp =
+      world->new_group(pp_ranks, fmt::format("pp-dp{}-tp{}-of-{}", m.dp_rank, m.tp_rank, tp_size));
+  if (pp_size == 2) {
+    m.embed = m.pp;
+  } else if (pp_size > 2 && (m.first_stage() || m.last_stage())) {
+    m.embed = world->new_group({pp_ranks.front(), pp_ranks.back()},
+                               fmt::format("embed-dp{}-tp{}-of-{}", m.dp_rank, m.tp_rank, tp_size));
+  }
   m.world = std::move(world);
   return m;
+}
+
+std::pair<int64_t, int64_t> stage_layers(int64_t layers, int stages, int stage) {
+  const int64_t base = layers / stages, extra = layers % stages;
+  const int64_t begin = stage * base + std::min<int64_t>(stage, extra);
+  return {begin, begin + base + (stage < extra ? 1 : 0)};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -294,10 +316,28 @@ struct MegatronModel::Impl {
     int input_norm, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, q_norm, k_norm, post_norm, gate_w,
         gate_b, up_w, up_b, down_w, down_b;
   };
-  std::vector<Layer> layers;
-  int embed = -1, final_norm = -1, lm_head = -1;
+  std::vector<Layer> layers;  // this stage's layers
+  // Indices into params: the embedding (first stage), the final norm and the LM head (last
+  // stage: lm_head.weight, the embedding itself with PP = 1 and tied embeddings, or the
+  // tied copy); -1 where this stage has none.
+  int embed = -1, final_norm = -1, head = -1;
+  int tied_copy = -1;  // the last stage's tied copy of the embedding (PP > 1)
+
+  // Every HF tensor in HF order: the stage that holds it and its index in params there.
+  struct Owned {
+    std::string name;
+    std::vector<int64_t> full;
+    int stage = 0;
+    int local = -1;  // on this stage
+  };
+  std::vector<Owned> all;
 
   dist::Communicator& tp() const { return *mesh.tp; }
+  bool first() const { return mesh.first_stage(); }
+  bool last() const { return mesh.last_stage(); }
+  int64_t activation_rows(int64_t T) const {
+    return sequence_parallel ? (T + mesh.tp_size - 1) / mesh.tp_size : T;
+  }
   const at::Tensor& p(int i) const {
     static const at::Tensor kUndefined;
     return i < 0 ? kUndefined : params[static_cast<size_t>(i)];
@@ -306,8 +346,6 @@ struct MegatronModel::Impl {
     auto it = index.find(name);
     return it == index.end() ? -1 : it->second;
   }
-  const ShardSpec& embed_spec() const { return specs[static_cast<size_t>(embed)]; }
-  int head_index() const { return lm_head >= 0 ? lm_head : embed; }
 
   std::vector<at::Tensor> layer_parameters(int l) const {
     const Layer& w = layers[static_cast<size_t>(l)];
@@ -469,12 +507,30 @@ MegatronModel::MegatronModel(Mesh mesh, const std::filesystem::path& dir,
   m.nq = c.num_attention_heads / T;
   m.nkv = c.num_key_value_heads / T;
 
+  const int P = m.mesh.pp_size;
+  if (c.num_hidden_layers < P)
+    fail("{}: num_hidden_layers {} is fewer than --pipeline-model-parallel-size {}", cfg,
+         c.num_hidden_layers, P);
+  const auto [layer_begin, layer_end] = stage_layers(c.num_hidden_layers, P, m.mesh.pp_rank);
+  // The stage holding a tensor: the embedding on the first, its layer's, the final norm
+  // and LM head on the last.
+  auto stage_of = [&](const std::string& n) {
+    static const std::string kLayers = "model.layers.";
+    if (n == "model.embed_tokens.weight") return 0;
+    if (n.compare(0, kLayers.size(), kLayers) != 0) return P - 1;
+    const int64_t l = std::stoll(n.substr(kLayers.size()));
+    for (int st = 0; st < P; ++st)
+      if (l < stage_layers(c.num_hidden_layers, P, st).second) return st;
+    return P - 1;
+  };
+
   auto reader = models::CheckpointReader::open(dir);
   auto opts = at::TensorOptions().dtype(compute_dtype).device(device);
-  for (const models::ParamSpec& ps : models::parameter_specs(c)) {
+  auto load = [&](const models::ParamSpec& ps, bool tied_copy) {
     ShardSpec s;
     s.name = ps.name;
     s.full = ps.shape;
+    s.tied_copy = tied_copy;
     const std::string& n = ps.name;
     if (n == "model.embed_tokens.weight" || n == "lm_head.weight") {
       s.split = Split::kVocab;
@@ -511,14 +567,28 @@ MegatronModel::MegatronModel(Mesh mesh, const std::filesystem::path& dir,
       t = reader.load(n).narrow(1, s.begin, s.end - s.begin);
     else
       t = reader.load_rows(n, s.begin, s.end);
-    m.index[n] = static_cast<int>(m.specs.size());
+    const int index = static_cast<int>(m.specs.size());
+    if (!tied_copy) m.index[n] = index;
     m.params.push_back(t.to(opts).contiguous().clone());
     m.specs.push_back(std::move(s));
+    return index;
+  };
+  const std::vector<models::ParamSpec> all_specs = models::parameter_specs(c);
+  bool tied = true;
+  for (const models::ParamSpec& ps : all_specs) {
+    Impl::Owned o{ps.name, ps.shape, stage_of(ps.name), -1};
+    if (o.stage == m.mesh.pp_rank) o.local = load(ps, false);
+    tied &= ps.name != "lm_head.weight";
+    m.all.push_back(std::move(o));
   }
-  m.embed = m.find("model.embed_tokens.weight");
-  m.final_norm = m.find("model.norm.weight");
-  m.lm_head = m.find("lm_head.weight");
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+  if (tied && P > 1 && m.last()) m.tied_copy = load(all_specs.front(), true);
+  if (m.first()) m.embed = m.find("model.embed_tokens.weight");
+  if (m.last()) {
+    m.final_norm = m.find("model.norm.weight");
+    m.head = m.find("lm_head.weight");
+    if (m.head < 0) m.head = tied && P > 1 ? m.tied_copy : m.embed;
+  }
+  for (int64_t l = layer_begin; l < layer_end; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     m.layers.push_back(Impl::Layer{
         m.find(p + "input_layernorm.weight"), m.find(p + "self_attn.q_proj.weight"),
@@ -531,7 +601,8 @@ MegatronModel::MegatronModel(Mesh mesh, const std::filesystem::path& dir,
         m.find(p + "mlp.up_proj.weight"), m.find(p + "mlp.up_proj.bias"),
         m.find(p + "mlp.down_proj.weight"), m.find(p + "mlp.down_proj.bias")});
   }
-  ANVIL_CHECK(m.embed >= 0 && m.final_norm >= 0);
+  ANVIL_CHECK(m.first() == (m.embed >= 0));
+  ANVIL_CHECK(!m.last() || (m.final_norm >= 0 && m.head >= 0));
 }
 
 MegatronModel::~MegatronModel() = default;
@@ -554,8 +625,11 @@ void MegatronModel::set_sequence_parallel(bool on) {
 }
 bool MegatronModel::sequence_parallel() const { return impl_->sequence_parallel; }
 
-at::Tensor MegatronModel::forward_hidden(const models::PackedBatch& batch) const {
-  const Impl& m = *impl_;
+namespace {
+
+// The rotary tables and batch a stage's layers need (checked as DecoderModel checks it).
+std::shared_ptr<LayerInputs> layer_inputs(const MegatronModel::Impl& m,
+                                          const models::PackedBatch& batch) {
   const int64_t T = batch.tokens.size(0);
   const int64_t total = std::accumulate(batch.seq_lens.begin(), batch.seq_lens.end(), int64_t{0});
   if (total != T || batch.positions.size(0) != T)
@@ -588,24 +662,37 @@ at::Tensor MegatronModel::forward_hidden(const models::PackedBatch& batch) const
   }
   in->cos = cos_parts.size() == 1 ? cos_parts[0] : at::cat(cos_parts, 0);
   in->sin = sin_parts.size() == 1 ? sin_parts[0] : at::cat(sin_parts, 0);
+  return in;
+}
 
-  // Vocab-parallel embedding: rows outside this rank's slice contribute zero.
-  const ShardSpec& es = m.embed_spec();
+// Vocab-parallel embedding: rows outside this rank's slice contribute zero.
+at::Tensor embed_forward(const MegatronModel::Impl& m, const models::PackedBatch& batch) {
+  const ShardSpec& es = m.specs[static_cast<size_t>(m.embed)];
   const at::Tensor& E = m.p(m.embed);
+  if (m.mesh.tp_size == 1) return at::embedding(E, batch.tokens);
+  at::Tensor local = batch.tokens - es.begin;
+  at::Tensor ok = (local >= 0) & (local < es.end - es.begin);
+  at::Tensor emb = at::embedding(E, at::where(ok, local, at::zeros_like(local)));
+  emb = emb * ok.unsqueeze(1).to(emb.scalar_type());
+  if (m.sequence_parallel) {
+    const int64_t tp = m.mesh.tp_size, T = batch.tokens.size(0);
+    return ScatterToSp::apply(pad_rows(emb, (T + tp - 1) / tp * tp), ref(m.tp()));
+  }
+  return reduce_from_tp(emb, m.tp());
+}
+
+at::Tensor run_stage(const MegatronModel::Impl& m, const std::shared_ptr<LayerInputs>& in,
+                     const at::Tensor& input) {
+  const int64_t T = in->batch.tokens.size(0);
   at::Tensor h;
-  if (m.mesh.tp_size == 1) {
-    h = at::embedding(E, batch.tokens);
+  if (m.first()) {
+    h = embed_forward(m, in->batch);
   } else {
-    at::Tensor local = batch.tokens - es.begin;
-    at::Tensor ok = (local >= 0) & (local < es.end - es.begin);
-    at::Tensor emb = at::embedding(E, at::where(ok, local, at::zeros_like(local)));
-    emb = emb * ok.unsqueeze(1).to(emb.scalar_type());
-    if (m.sequence_parallel) {
-      const int64_t tp = m.mesh.tp_size, padded = (T + tp - 1) / tp * tp;
-      h = ScatterToSp::apply(pad_rows(emb, padded), ref(m.tp()));
-    } else {
-      h = reduce_from_tp(emb, m.tp());
-    }
+    const std::vector<int64_t> want{m.activation_rows(T), m.config.hidden_size};
+    if (!input.defined() || input.sizes().vec() != want)
+      fail("pipeline stage {}: the input activation must be [{}] for {} tokens", m.mesh.pp_rank,
+           fmt::join(want, ", "), T);
+    h = input;
   }
   const bool recompute = m.checkpointing && at::GradMode::is_enabled();
   for (size_t l = 0; l < m.layers.size(); ++l) {
@@ -620,9 +707,45 @@ at::Tensor MegatronModel::forward_hidden(const models::PackedBatch& batch) const
       h = m.layer_forward(static_cast<int>(l), h, *in);
     }
   }
+  if (!m.last()) return h;
   at::Tensor out = models::rms_norm(h, m.p(m.final_norm), m.config.rms_norm_eps);
   // Sequence parallel: the head needs every token; the gradient is reduce-scattered back.
   if (m.sequence_parallel) out = GatherFromSp::apply(out, ref(m.tp()), false).narrow(0, 0, T);
+  return out;
+}
+
+}  // namespace
+
+at::Tensor MegatronModel::stage_forward(const models::PackedBatch& batch,
+                                        const at::Tensor& input) const {
+  return run_stage(*impl_, layer_inputs(*impl_, batch), input);
+}
+
+int64_t MegatronModel::activation_rows(int64_t tokens) const {
+  return impl_->activation_rows(tokens);
+}
+
+at::Tensor MegatronModel::forward_hidden(const models::PackedBatch& batch) const {
+  const Impl& m = *impl_;
+  auto in = layer_inputs(m, batch);
+  if (m.mesh.pp_size == 1) return run_stage(m, in, at::Tensor());
+  if (at::GradMode::is_enabled())
+    fail(
+        "forward_hidden under pipeline parallelism runs without gradients (MegatronTrainer "
+        "trains through the 1F1B schedule)");
+  const int64_t T = batch.tokens.size(0), H = m.config.hidden_size;
+  auto opts = at::TensorOptions().dtype(m.dtype).device(m.device);
+  dist::Communicator& pp = *m.mesh.pp;
+  at::Tensor x;
+  if (!m.first()) {
+    x = at::empty({m.activation_rows(T), H}, opts);
+    pp.recv(x, m.mesh.pp_rank - 1, 0);
+  }
+  at::Tensor y = run_stage(m, in, x);
+  // The next stage posts its receive without waiting for anything of ours.
+  if (!m.last()) pp.send_async(y.contiguous(), m.mesh.pp_rank + 1, 0)->wait();
+  at::Tensor out = m.last() ? y.contiguous() : at::empty({T, H}, opts);
+  pp.broadcast(out, m.mesh.pp_size - 1);
   return out;
 }
 
@@ -630,7 +753,10 @@ train::LogProbResult MegatronModel::token_logprobs(const at::Tensor& hidden,
                                                    const at::Tensor& targets,
                                                    const train::LogProbOptions& options) const {
   const Impl& m = *impl_;
-  const at::Tensor& head = m.p(m.head_index());
+  if (!m.last())
+    fail("token_logprobs: pipeline stage {} of {} holds no LM head (only the last does)",
+         m.mesh.pp_rank, m.mesh.pp_size);
+  const at::Tensor& head = m.p(m.head);
   if (hidden.dim() != 2 || hidden.size(1) != head.size(1))
     fail("token_logprobs: hidden [{}] and the head slice [{}] do not match",
          fmt::join(hidden.sizes(), ", "), fmt::join(head.sizes(), ", "));
@@ -643,7 +769,7 @@ train::LogProbResult MegatronModel::token_logprobs(const at::Tensor& hidden,
     if (lo < 0 || hi >= m.config.vocab_size)
       fail("token_logprobs: target id {} outside [0, {})", lo < 0 ? lo : hi, m.config.vocab_size);
   }
-  const ShardSpec& hs = m.specs[static_cast<size_t>(m.head_index())];
+  const ShardSpec& hs = m.specs[static_cast<size_t>(m.head)];
   at::Tensor t = targets.to(hidden.device(), at::kLong);
   at::Tensor h = copy_to_tp(hidden, m.tp());
   variable_list out = VocabParallelLogProb::apply(h, head, t, options.temperature,
@@ -706,18 +832,19 @@ std::vector<std::vector<int64_t>> token_bounded_batches(
   return batches;
 }
 
-struct MicroBatchForward {
-  at::Tensor logprobs, entropy;
+// One micro-batch as every stage sees it: the packed tokens, and the hidden rows whose
+// next tokens are response tokens (the last stage's log-prob targets).
+struct MicroBatch {
+  models::PackedBatch batch;
+  at::Tensor rows, targets;
   std::vector<int64_t> response_lengths;
 };
 
-MicroBatchForward forward_micro_batch(const MegatronModel& model,
-                                      const std::vector<train::TrainSample>& samples,
-                                      const std::vector<int64_t>& indices, double temperature,
-                                      int64_t chunk, bool with_entropy) {
+MicroBatch prepare_micro_batch(const std::vector<train::TrainSample>& samples,
+                               const std::vector<int64_t>& indices, const at::Device& device) {
   std::vector<std::vector<int64_t>> seqs;
   std::vector<int64_t> rows, targets;
-  MicroBatchForward out;
+  MicroBatch out;
   int64_t offset = 0;
   for (int64_t i : indices) {
     const train::TrainSample& s = samples[static_cast<size_t>(i)];
@@ -730,15 +857,90 @@ MicroBatchForward forward_micro_batch(const MegatronModel& model,
     seqs.push_back(s.tokens);
     offset += L;
   }
-  const at::Device device = model.device();
-  models::PackedBatch batch = models::PackedBatch::pack(seqs, device);
-  at::Tensor hidden = model.forward_hidden(batch);
-  at::Tensor h = hidden.index_select(0, at::tensor(rows, at::kLong).to(device));
-  train::LogProbResult r =
-      model.token_logprobs(h, at::tensor(targets, at::kLong), {temperature, chunk, with_entropy});
+  out.batch = models::PackedBatch::pack(seqs, device);
+  out.rows = at::tensor(rows, at::kLong).to(device);
+  out.targets = at::tensor(targets, at::kLong);
+  return out;
+}
+
+struct MicroBatchForward {
+  at::Tensor logprobs, entropy;
+  std::vector<int64_t> response_lengths;
+};
+
+// The last stage's head over the final hidden states of a micro-batch.
+MicroBatchForward head_forward(const MegatronModel& model, const MicroBatch& mb,
+                               const at::Tensor& hidden, double temperature, int64_t chunk,
+                               bool with_entropy) {
+  MicroBatchForward out;
+  out.response_lengths = mb.response_lengths;
+  train::LogProbResult r = model.token_logprobs(hidden.index_select(0, mb.rows), mb.targets,
+                                                {temperature, chunk, with_entropy});
   out.logprobs = r.logprobs;
   out.entropy = r.entropy;
   return out;
+}
+
+// The point-to-point traffic of one pass over micro-batches: receives block, sends run in
+// the background and are all waited for in finish() (a send may wait for its receive, so
+// no stage waits for a send before it has posted the receives its peers need). Micro-batch
+// i's activation travels with tag 2i, its gradient with tag 2i + 1. Without pipeline
+// parallelism every call is a no-op.
+class StagePipe {
+ public:
+  // Sends still pending at destruction (an error is unwinding) are dropped unwaited: c10d's
+  // work keeps their tensors alive.
+  explicit StagePipe(const MegatronModel& model) : model_(model), mesh_(model.mesh()) {}
+
+  // The previous stage's activation for micro-batch i (undefined on the first stage).
+  at::Tensor receive_input(int64_t i, int64_t tokens, bool requires_grad) {
+    if (mesh_.first_stage()) return at::Tensor();
+    at::Tensor x = at::empty({model_.activation_rows(tokens), model_.config().hidden_size},
+                             at::TensorOptions().dtype(model_.dtype()).device(model_.device()));
+    mesh_.pp->recv(x, mesh_.pp_rank - 1, static_cast<int>(2 * i));
+    return requires_grad ? x.requires_grad_(true) : x;
+  }
+  void send_output(int64_t i, const at::Tensor& y) {
+    if (mesh_.last_stage()) return;
+    sends_.push_back(
+        mesh_.pp->send_async(y.detach().contiguous(), mesh_.pp_rank + 1, static_cast<int>(2 * i)));
+  }
+  // The next stage's gradient of this stage's output `y` of micro-batch i.
+  at::Tensor receive_output_grad(int64_t i, const at::Tensor& y) {
+    at::Tensor g = at::empty(y.sizes(), y.options());
+    mesh_.pp->recv(g, mesh_.pp_rank + 1, static_cast<int>(2 * i + 1));
+    return g;
+  }
+  void send_input_grad(int64_t i, const at::Tensor& x) {
+    if (mesh_.first_stage()) return;
+    at::Tensor g = x.grad().defined() ? x.grad().contiguous() : at::zeros_like(x);
+    sends_.push_back(mesh_.pp->send_async(g, mesh_.pp_rank - 1, static_cast<int>(2 * i + 1)));
+  }
+  void finish() {
+    auto sends = std::move(sends_);
+    sends_.clear();
+    for (auto& s : sends) s->wait();
+  }
+
+ private:
+  const MegatronModel& model_;
+  const Mesh& mesh_;
+  std::vector<std::unique_ptr<dist::PendingCollective>> sends_;
+};
+
+// The last stage's metrics to every stage of the pipeline (as JSON bytes).
+void broadcast_metrics(const Mesh& me, train::Metrics& m) {
+  if (me.pp_size == 1) return;
+  const std::string text = me.last_stage() ? nlohmann::json(m).dump() : std::string();
+  at::Tensor n = at::full({1}, static_cast<int64_t>(text.size()), at::kLong);
+  me.pp->broadcast(n, me.pp_size - 1);
+  at::Tensor bytes = at::empty({n.item<int64_t>()}, at::kByte);
+  if (me.last_stage()) std::memcpy(bytes.data_ptr(), text.data(), text.size());
+  me.pp->broadcast(bytes, me.pp_size - 1);
+  if (!me.last_stage())
+    m = nlohmann::json::parse(std::string(static_cast<const char*>(bytes.data_ptr()),
+                                          static_cast<size_t>(bytes.numel())))
+            .get<train::Metrics>();
 }
 
 }  // namespace
@@ -748,20 +950,24 @@ struct MegatronTrainer::State {
   train::TrainerOptions options;
   std::vector<Shard> shards;  // per model parameter
   std::unique_ptr<train::AdamW> optimizer;
-  double duplicate_sq = 0;  // this rank's squared grads of TP-replicated shards (tp_rank > 0)
+  // This rank's squared gradients counted by another rank too: TP-replicated shards on
+  // tp_rank > 0 and the last stage's tied copy of the embedding.
+  double duplicate_sq = 0;
 
   const Mesh& mesh() const { return model->mesh(); }
   int64_t chunk() const {
     return options.log_probs_chunk_size < 0 ? INT64_MAX : options.log_probs_chunk_size;
   }
 
-  // Gradients of the step: q/k-norm all-reduced over TP, then every parameter's gradient
-  // reduce-scattered (fp32, summed) over DP into its shard's gradient, in one collective.
+  // Gradients of the step: q/k-norm all-reduced over TP, a tied embedding's two copies
+  // summed over the embedding group, then every parameter's gradient reduce-scattered
+  // (fp32, summed) over DP into its shard's gradient, in one collective.
   void reduce_grads() {
     at::NoGradGuard no_grad;
     auto& params = model->parameters();
     const auto& specs = model->shard_specs();
     const Mesh& me = mesh();
+    sum_tied_embedding_grads();
     for (size_t i = 0; i < params.size(); ++i) {
       if (specs[i].reduce_grad_over_tp && me.tp_size > 1 && params[i].grad().defined()) {
         at::Tensor g = params[i].grad().to(at::kFloat).contiguous();
@@ -802,10 +1008,28 @@ struct MegatronTrainer::State {
       const int64_t n = s.shard_rows * s.row_numel;
       at::Tensor g = out.narrow(0, off, n).view(s.master.sizes()).to(s.master.device()).clone();
       s.master.mutable_grad() = g;
-      if (me.tp_rank > 0 && specs[i].split == Split::kReplicated)
+      if ((me.tp_rank > 0 && specs[i].split == Split::kReplicated) || specs[i].tied_copy)
         duplicate_sq += g.pow(2).sum().item<double>();
       off += n;
     }
+  }
+
+  // Tied embeddings under PP: the first stage's embedding and the last stage's copy (its
+  // head) get the sum of both gradients, so their updates, and so they, stay equal.
+  void sum_tied_embedding_grads() {
+    const Mesh& me = mesh();
+    const auto& specs = model->shard_specs();
+    if (!me.embed || !model->config().tie_word_embeddings) return;  // the same on every rank
+    int index = -1;
+    for (size_t i = 0; i < specs.size(); ++i)
+      if (me.first_stage() ? specs[i].name == "model.embed_tokens.weight" : specs[i].tied_copy)
+        index = static_cast<int>(i);
+    ANVIL_CHECK(index >= 0);
+    at::Tensor& p = model->parameters()[static_cast<size_t>(index)];
+    at::Tensor g = p.grad().defined() ? p.grad().to(at::kFloat).contiguous()
+                                      : at::zeros(p.sizes(), p.options().dtype(at::kFloat));
+    me.embed->all_reduce(g);
+    p.mutable_grad() = g.to(p.scalar_type());
   }
 
   // New master values into the compute parameters: all-gather over DP (one collective).
@@ -922,14 +1146,45 @@ train::ResponseLogProbs MegatronTrainer::response_logprobs(
   train::ResponseLogProbs out;
   out.logprobs.resize(samples.size());
   if (with_entropy) out.entropy.resize(samples.size());
-  for (const auto& mb : token_bounded_batches(samples, cap)) {
+  const Mesh& me = s.mesh();
+  const at::Device device = s.model->device();
+  StagePipe pipe(*s.model);
+  const auto batches = token_bounded_batches(samples, cap);
+  for (size_t k = 0; k < batches.size(); ++k) {
+    const auto& idx = batches[k];
+    MicroBatch mb = prepare_micro_batch(samples, idx, device);
+    const int64_t i = static_cast<int64_t>(k);
+    at::Tensor y = s.model->stage_forward(
+        mb.batch, pipe.receive_input(i, mb.batch.tokens.size(0), /*requires_grad=*/false));
+    if (!me.last_stage()) {
+      pipe.send_output(i, y);
+      continue;
+    }
     MicroBatchForward f =
-        forward_micro_batch(*s.model, samples, mb, s.options.temperature, s.chunk(), with_entropy);
+        head_forward(*s.model, mb, y, s.options.temperature, s.chunk(), with_entropy);
     auto lps = f.logprobs.to(at::kCPU).split_with_sizes(f.response_lengths, 0);
-    for (size_t k = 0; k < mb.size(); ++k) out.logprobs[static_cast<size_t>(mb[k])] = lps[k];
+    for (size_t j = 0; j < idx.size(); ++j) out.logprobs[static_cast<size_t>(idx[j])] = lps[j];
     if (with_entropy) {
       auto ents = f.entropy.to(at::kCPU).split_with_sizes(f.response_lengths, 0);
-      for (size_t k = 0; k < mb.size(); ++k) out.entropy[static_cast<size_t>(mb[k])] = ents[k];
+      for (size_t j = 0; j < idx.size(); ++j) out.entropy[static_cast<size_t>(idx[j])] = ents[j];
+    }
+  }
+  pipe.finish();
+  if (me.pp_size > 1) {
+    // The last stage's values, in sample order, to every stage.
+    std::vector<int64_t> lengths;
+    for (const auto& x : samples) lengths.push_back(x.response_length);
+    auto share = [&](std::vector<at::Tensor>& per_sample) {
+      at::Tensor flat =
+          me.last_stage() ? at::cat(per_sample, 0).to(at::kFloat).contiguous()
+                          : at::empty({std::accumulate(lengths.begin(), lengths.end(), int64_t{0})},
+                                      at::kFloat);
+      me.pp->broadcast(flat, me.pp_size - 1);
+      per_sample = flat.split_with_sizes(lengths, 0);
+    };
+    if (!samples.empty()) {
+      share(out.logprobs);
+      if (with_entropy) share(out.entropy);
     }
   }
   return out;
@@ -983,6 +1238,7 @@ std::vector<train::Metrics> MegatronTrainer::train_rollout(
   }
 
   const at::Device device = s.model->device();
+  const Mesh& me = s.mesh();
   std::vector<train::Metrics> out;
   for (const train::StepSchedule& step : schedule.steps) {
     std::vector<at::Tensor> masks;
@@ -999,30 +1255,65 @@ std::vector<train::Metrics> MegatronTrainer::train_rollout(
 
     train::Metrics metrics;
     double tokens = 0, total_tokens = 0;
-    for (const auto& mb : step.micro_batches[static_cast<size_t>(o.dp_rank)]) {
-      MicroBatchForward f =
-          forward_micro_batch(*s.model, samples, mb, o.temperature, s.chunk(), !sft);
+    // 1F1B over this replica's micro-batches (PP = 1: forward then backward of each).
+    const auto& mbs = step.micro_batches[static_cast<size_t>(o.dp_rank)];
+    const int64_t M = static_cast<int64_t>(mbs.size());
+    struct Live {
+      at::Tensor input, output;  // output: the stage's activation, or the loss on the last
+    };
+    std::vector<Live> live(static_cast<size_t>(M));
+    StagePipe pipe(*s.model);
+    auto forward = [&](int64_t i) {
+      const auto& idx = mbs[static_cast<size_t>(i)];
+      MicroBatch mb = prepare_micro_batch(samples, idx, device);
+      Live& l = live[static_cast<size_t>(i)];
+      l.input = pipe.receive_input(i, mb.batch.tokens.size(0), /*requires_grad=*/true);
+      at::Tensor y = s.model->stage_forward(mb.batch, l.input);
+      if (!me.last_stage()) {
+        pipe.send_output(i, y);
+        l.output = y;
+        return;
+      }
+      MicroBatchForward f = head_forward(*s.model, mb, y, o.temperature, s.chunk(), !sft);
       train::LossInputs li;
       li.logprobs = f.logprobs;
       li.response_lengths = f.response_lengths;
-      li.loss_mask = gather_rows(loss_masks, mb, device);
-      li.weights = gather_rows(weights, mb, device);
+      li.loss_mask = gather_rows(loss_masks, idx, device);
+      li.weights = gather_rows(weights, idx, device);
       if (!sft) {
         li.entropy = o.loss.entropy_coef != 0 ? f.entropy : f.entropy.detach();
-        li.advantages = gather_rows(advantages, mb, device);
-        li.old_logprobs = gather_rows(old_lp, mb, device);
-        li.ref_logprobs = needs_ref ? gather_rows(ref_logprobs, mb, device) : at::Tensor();
-        li.rollout_logprobs = gather_rows(rollout_lp, mb, device);
+        li.advantages = gather_rows(advantages, idx, device);
+        li.old_logprobs = gather_rows(old_lp, idx, device);
+        li.ref_logprobs = needs_ref ? gather_rows(ref_logprobs, idx, device) : at::Tensor();
+        li.rollout_logprobs = gather_rows(rollout_lp, idx, device);
       }
       train::LossOutput lo = train::compute_loss(o.loss, li);
-      lo.loss.backward();
+      l.output = lo.loss;
       for (auto& [name, v] : lo.metrics) add_metric(metrics, name, v.item<double>());
       tokens += li.loss_mask.sum().item<double>();
-      for (int64_t i : mb)
-        total_tokens += static_cast<double>(samples[static_cast<size_t>(i)].tokens.size());
+      for (int64_t k : idx)
+        total_tokens += static_cast<double>(samples[static_cast<size_t>(k)].tokens.size());
+    };
+    auto backward = [&](int64_t i) {
+      Live& l = live[static_cast<size_t>(i)];
+      if (me.last_stage())
+        l.output.backward();
+      else
+        torch::autograd::backward({l.output}, {pipe.receive_output_grad(i, l.output)});
+      pipe.send_input_grad(i, l.input);
+      l = Live{};  // this micro-batch's activations are freed
+    };
+    const int64_t warmup = std::min<int64_t>(me.pp_size - me.pp_rank - 1, M);
+    for (int64_t i = 0; i < warmup; ++i) forward(i);
+    for (int64_t i = 0; i < M - warmup; ++i) {
+      forward(warmup + i);
+      backward(i);
     }
+    for (int64_t i = M - warmup; i < M; ++i) backward(i);
+    pipe.finish();
     metrics["tokens"] = tokens;
     metrics["total_tokens"] = total_tokens;
+    broadcast_metrics(me, metrics);
     s.reduce_metrics(metrics);
     s.reduce_grads();
     train::StepStats st = s.optimizer->step();
@@ -1054,29 +1345,40 @@ void MegatronModel::for_each_full_bucket(
   const int64_t T = m.mesh.tp_size;
   std::vector<NamedTensor> bucket;
   int64_t bytes = 0;
-  for (size_t i = 0; i < m.specs.size(); ++i) {
-    const ShardSpec& s = m.specs[i];
-    // Every DP replica holds the same compute parameters after a step (all-gathered from
-    // the fp32 masters; equal to them in fp32).
-    at::Tensor local = m.params[i].to(at::kFloat).contiguous();
-    at::Tensor full = local;
-    if (T > 1 && s.split != Split::kReplicated) {
-      if (s.split == Split::kRow) {
-        at::Tensor all = at::empty({T * local.numel()}, local.options());
-        tp.all_gather(all, local.view({-1}));
-        full = all.view({T, s.full[0], s.local[1]}).permute({1, 0, 2}).reshape(s.full);
-      } else {
-        const int64_t part = s.split == Split::kVocab ? (s.full[0] + T - 1) / T : s.full[0] / T;
-        std::vector<int64_t> padded = s.full;
-        padded[0] = part;
-        at::Tensor buf = at::zeros(padded, local.options());
-        buf.narrow(0, 0, local.size(0)).copy_(local);
-        at::Tensor all = at::empty({T * buf.numel()}, local.options());
-        tp.all_gather(all, buf.view({-1}));
-        std::vector<int64_t> grid = s.full;
-        grid[0] = T * part;
-        full = all.view(grid).narrow(0, 0, s.full[0]);
+  for (const Impl::Owned& owned : m.all) {
+    at::Tensor full;
+    if (owned.local >= 0) {
+      const ShardSpec& s = m.specs[static_cast<size_t>(owned.local)];
+      // Every DP replica holds the same compute parameters after a step (all-gathered from
+      // the fp32 masters; equal to them in fp32).
+      at::Tensor local = m.params[static_cast<size_t>(owned.local)].to(at::kFloat).contiguous();
+      full = local;
+      if (T > 1 && s.split != Split::kReplicated) {
+        if (s.split == Split::kRow) {
+          at::Tensor all = at::empty({T * local.numel()}, local.options());
+          tp.all_gather(all, local.view({-1}));
+          full = all.view({T, s.full[0], s.local[1]}).permute({1, 0, 2}).reshape(s.full);
+        } else {
+          const int64_t part = s.split == Split::kVocab ? (s.full[0] + T - 1) / T : s.full[0] / T;
+          std::vector<int64_t> padded = s.full;
+          padded[0] = part;
+          at::Tensor buf = at::zeros(padded, local.options());
+          buf.narrow(0, 0, local.size(0)).copy_(local);
+          at::Tensor all = at::empty({T * buf.numel()}, local.options());
+          tp.all_gather(all, buf.view({-1}));
+          std::vector<int64_t> grid = s.full;
+          grid[0] = T * part;
+          full = all.view(grid).narrow(0, 0, s.full[0]);
+        }
       }
+    }
+    // Pipeline: the owning stage's tensor to the other stages.
+    if (m.mesh.pp_size > 1) {
+      if (owned.local < 0)
+        full = at::empty(owned.full, at::TensorOptions().dtype(at::kFloat).device(m.device));
+      else
+        full = full.contiguous();
+      m.mesh.pp->broadcast(full, owned.stage);
     }
     at::Tensor t = full.to(dtype).contiguous();
     const int64_t n = static_cast<int64_t>(t.nbytes());
@@ -1085,7 +1387,7 @@ void MegatronModel::for_each_full_bucket(
       bucket.clear();
       bytes = 0;
     }
-    bucket.emplace_back(s.name, t);
+    bucket.emplace_back(owned.name, t);
     bytes += n;
   }
   if (!bucket.empty()) fn(bucket);
@@ -1105,7 +1407,7 @@ void MegatronModel::export_hf(const std::filesystem::path& out, const std::files
       if (!out.parent_path().empty()) fs::create_directories(out.parent_path());
       fs::remove_all(tmp);
       std::vector<models::TensorInfo> layout;
-      for (const ShardSpec& s : m.specs) {
+      for (const Impl::Owned& s : m.all) {
         models::TensorInfo t;
         t.name = s.name;
         t.dtype = models::from_scalar_type(dtype);

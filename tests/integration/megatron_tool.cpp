@@ -1,9 +1,9 @@
-// Test tool for backends/megatron: one rank of a TP x DP training group (or the
+// Test tool for backends/megatron: one rank of a TP x DP x PP training group (or the
 // single-process reference with --single, which runs train::Trainer on the plain
 // DecoderModel). Trains on deterministic rollouts, then writes the full weights (rank 0)
 // as safetensors and prints {"metrics", "rank", ...} as JSON.
 //
-//   megatron_tool --model DIR --out DIR [--world W --rank R --port P --tp T] [--single]
+//   megatron_tool --model DIR --out DIR [--world W --rank R --port P --tp T --pp S] [--single]
 //                 [--rollouts K] [--ckpt] [--bucket-bytes B] [--export-hf DIR]
 //                 [--sp] [--logprob-check] [--timeout-ms T] [--cuda] [--nccl] [--bf16]
 //
@@ -55,7 +55,7 @@ double max_diff(const at::Tensor& a, const at::Tensor& b) {
 
 int main(int argc, char** argv) {
   std::string model_dir, out_dir, export_dir;
-  int world = 1, rank = 0, port = 29500, rollouts = 2, tp = 1;
+  int world = 1, rank = 0, port = 29500, rollouts = 2, tp = 1, pp = 1;
   int64_t timeout_ms = 60000, max_tokens = 40, bucket_bytes = -1;
   bool single = false, ckpt = false, logprob_check = false, sp = false;
   bool cuda = false, nccl = false, bf16 = false;
@@ -77,6 +77,8 @@ int main(int argc, char** argv) {
       port = std::stoi(next());
     else if (a == "--tp")
       tp = std::stoi(next());
+    else if (a == "--pp")
+      pp = std::stoi(next());
     else if (a == "--rollouts")
       rollouts = std::stoi(next());
     else if (a == "--timeout-ms")
@@ -146,9 +148,10 @@ int main(int argc, char** argv) {
     co.master_port = port;
     co.timeout = std::chrono::milliseconds(timeout_ms);
     if (nccl) co.backend = dist::CommBackend::Nccl;
-    megatron::Mesh mesh = megatron::Mesh::create(dist::Communicator::create(co), tp);
+    megatron::Mesh mesh = megatron::Mesh::create(dist::Communicator::create(co), tp, pp);
     j["tp_rank"] = mesh.tp_rank;
     j["dp_rank"] = mesh.dp_rank;
+    j["pp_rank"] = mesh.pp_rank;
     megatron::MegatronModel model(mesh, model_dir, dtype, device);
     model.set_sequence_parallel(sp);
 
@@ -160,7 +163,9 @@ int main(int argc, char** argv) {
       at::Tensor hidden = at::randn({23, H}) * 3.0;
       at::Tensor targets = at::randint(V, {23}, at::kLong);
       double worst_lp = 0, worst_ent = 0, worst_grad = 0;
+      // Only the last pipeline stage holds the head.
       for (double temperature : {1.0, 0.7}) {
+        if (!mesh.last_stage()) break;
         train::LogProbOptions lo{temperature, 5, true};
         at::Tensor h1 = hidden.clone().requires_grad_(true);
         train::LogProbResult a = train::token_logprobs(h1, full->lm_head_weight(), targets, lo);

@@ -100,7 +100,7 @@ MEGATRON = ["--train-backend", "megatron", "--actor-num-gpus-per-node", "2"]
 
 
 def test_megatron_train_group_trains_like_one_rank(setup):
-    """TP=2, TP=2 with sequence parallel, and DP=2 (distributed optimizer) inside the RL job
+    """TP=2, TP=2 with sequence parallel, DP=2 (distributed optimizer) and PP=2 inside the RL job
     train what one rank trains: every optimizer step's loss and grad norm within 1e-5, and
     the engines, fed the pushed weights, sample the same responses (same rewards)."""
     from test_loop import RecordingRewardServer
@@ -112,7 +112,8 @@ def test_megatron_train_group_trains_like_one_rank(setup):
                             ("tp2", [*MEGATRON, "--tensor-model-parallel-size", "2"]),
                             ("tp2-sp", [*MEGATRON, "--tensor-model-parallel-size", "2",
                                         "--sequence-parallel"]),
-                            ("dp2", MEGATRON)]:
+                            ("dp2", MEGATRON),
+                            ("pp2", [*MEGATRON, "--pipeline-model-parallel-size", "2"])]:
             out = d / f"megatron-{name}"
             out.mkdir()
             run("head", "--in-process", "--report", str(out / "report.json"),
@@ -127,7 +128,7 @@ def test_megatron_train_group_trains_like_one_rank(setup):
         rm.close()
     base_report, base = runs["one"]
     assert any(l["grad_norm"] > 0 for l in base)
-    for name in ("tp2", "tp2-sp", "dp2"):
+    for name in ("tp2", "tp2-sp", "dp2", "pp2"):
         report, m = runs[name]
         assert len(m) == len(base) == 3
         for a, b in zip(m, base):
@@ -140,7 +141,8 @@ def test_megatron_train_group_trains_like_one_rank(setup):
 
 
 @pytest.mark.parametrize("extra,message", [
-    ([*MEGATRON, "--pipeline-model-parallel-size", "2"], "pipeline parallelism is not implemented"),
+    ([*MEGATRON, "--pipeline-model-parallel-size", "3"],
+     "--pipeline-model-parallel-size 3 = 3 does not divide the 2 train ranks"),
     ([*MEGATRON, "--tensor-model-parallel-size", "3"], "does not divide the 2 train ranks"),
     (["--tensor-model-parallel-size", "2"], "need --train-backend megatron"),
     ([*MEGATRON, "--sequence-parallel"], "--sequence-parallel needs --tensor-model-parallel-size"),

@@ -1,8 +1,8 @@
 """Megatron-style backend (backends/megatron) with real processes on localhost over Gloo:
-TP=2, DP=2 and TP=2 x DP=2 groups train to the same weights as train::Trainer in one process
+TP=2, DP=2, TP=2 x DP=2, PP=2, PP=2 x DP=2, PP=2 x TP=2 and PP=3 groups train to the same weights as train::Trainer in one process
 (fp32, several optimizer steps on the same rollouts); vocab-parallel log-probs, entropy and
 their gradient equal the full head's; an HF model loaded under TP=2 exports identical
-tensors; sequence parallel gives the same weights as TP without it; weight-sync buckets respect their size; bad mesh sizes fail clearly."""
+tensors (also under PP=2 and TP=2 x PP=2); sequence parallel gives the same weights as TP without it; weight-sync buckets respect their size; bad mesh sizes fail clearly."""
 import json
 import os
 import socket
@@ -84,6 +84,12 @@ CASES = [
     (2, 2, ["--sp"]),      # sequence parallel
     (4, 2, ["--sp", "--ckpt"]),  # TP=2 x DP=2, sequence parallel, recomputation
     (2, 2, ["--bucket-bytes", "40000"]),  # weights written from the weight-sync buckets
+    (2, 1, ["--pp", "2"]),           # PP=2 (1F1B over the step's micro-batches)
+    (4, 1, ["--pp", "2"]),           # PP=2 x DP=2
+    (4, 2, ["--pp", "2"]),           # PP=2 x TP=2
+    (2, 1, ["--pp", "2", "--ckpt"]),  # PP=2 with per-layer recomputation
+    (4, 2, ["--pp", "2", "--sp"]),   # PP=2 x TP=2, sequence-parallel activations between stages
+    (2, 1, ["--pp", "2", "--bucket-bytes", "40000"]),  # buckets gathered over the stages
 ]
 
 
@@ -111,13 +117,37 @@ def test_matches_single_process(model, reference, world, tp, extra):
     assert info["shard_bytes"] <= 2 * 4 * sum(v.size for v in ref.values()) / world * 1.2
 
 
-@pytest.mark.parametrize("extra", [[], ["--sp"]], ids=["tp", "tp-sp"])
-def test_qwen2_tied_uneven_vocab_matches_single_process(qwen2_tied, extra):
-    d, path = qwen2_tied
+@pytest.fixture(scope="module")
+def qwen2_tied_3_layers(tmp_path_factory):
+    """As qwen2_tied with 3 layers: PP=2 splits them 2 + 1, PP=3 has a middle stage and an
+    embedding group of the first and last stage only."""
+    d = tmp_path_factory.mktemp("megatron_qwen2_3")
+    path = str(d / "model")
+    subprocess.run([ANVIL, "init-model", "--arch", "qwen2", "--preset", "tiny", "--out", path,
+                    "--seed", "9", "--override", '{"vocab_size": 403, "num_hidden_layers": 3}'],
+                   check=True, capture_output=True)
+    return d, path
+
+
+TIED_CASES = [
+    ("qwen2_tied", 2, ["--tp", "2"]),
+    ("qwen2_tied", 2, ["--tp", "2", "--sp"]),
+    # tied embeddings split over the pipeline: the two copies' gradients are summed
+    ("qwen2_tied", 2, ["--pp", "2"]),
+    ("qwen2_tied", 4, ["--tp", "2", "--pp", "2"]),
+    ("qwen2_tied_3_layers", 2, ["--pp", "2"]),
+    ("qwen2_tied_3_layers", 3, ["--pp", "3"]),
+]
+
+
+@pytest.mark.parametrize("fixture,world,extra", TIED_CASES,
+                         ids=[f"{f}-w{w}{''.join(e)}" for f, w, e in TIED_CASES])
+def test_qwen2_tied_uneven_vocab_matches_single_process(request, fixture, world, extra):
+    d, path = request.getfixturevalue(fixture)
     ref_dir = str(d / "single")
     ref = weights(ref_dir) if os.path.exists(ref_dir) else single(path, ref_dir)[0]
-    out = str(d / ("tp2" + "".join(extra)))
-    results = run_group(path, out, 2, ["--tp", "2", *extra])
+    out = str(d / ("w" + str(world) + "".join(extra)))
+    results = run_group(path, out, world, extra)
     for rc, so, se in results:
         assert rc == 0, se
     got = weights(out)
@@ -142,6 +172,9 @@ def test_vocab_parallel_logprobs_equal_full_head(request, fixture):
     d, path = request.getfixturevalue(fixture)
     results = run_group(path, str(d / "lp"), 2, ["--tp", "2", "--logprob-check"])
     results += run_group(path, str(d / "lp_sp"), 2, ["--tp", "2", "--logprob-check", "--sp"])
+    # the pipelined forward's hidden states (the head checked on the last stage)
+    results += run_group(path, str(d / "lp_pp"), 4, ["--tp", "2", "--pp", "2",
+                                                      "--logprob-check", "--sp"])
     for rc, so, se in results:
         assert rc == 0, se
         info = json.loads(so)
@@ -151,11 +184,14 @@ def test_vocab_parallel_logprobs_equal_full_head(request, fixture):
         assert info["hidden_diff"] < 1e-5, info
 
 
-def test_load_and_export_round_trip_is_identical(model):
+@pytest.mark.parametrize("world,extra", [(2, ["--tp", "2"]), (2, ["--pp", "2"]),
+                                         (4, ["--tp", "2", "--pp", "2"])],
+                         ids=["tp2", "pp2", "tp2pp2"])
+def test_load_and_export_round_trip_is_identical(model, world, extra):
     d, path = model
-    hf = str(d / "export_hf")
-    results = run_group(path, str(d / "rt"), 2, ["--tp", "2", "--rollouts", "0",
-                                                  "--export-hf", hf])
+    hf = str(d / ("export_hf" + "".join(extra)))
+    results = run_group(path, str(d / ("rt" + "".join(extra))), world,
+                        [*extra, "--rollouts", "0", "--export-hf", hf])
     for rc, so, se in results:
         assert rc == 0, se
     index = json.load(open(os.path.join(hf, "model.safetensors.index.json")))
@@ -192,6 +228,16 @@ def test_bad_mesh_sizes_fail_clearly(model):
     for rc, so, se in results:
         assert rc == 1
         assert "--tensor-model-parallel-size 2 must be >= 1 and divide the world size 3" in se, se
+    results = run_group(path, str(d / "bad_pp"), 2, ["--tp", "2", "--pp", "2"], timeout=120)
+    for rc, so, se in results:
+        assert rc == 1
+        assert ("--tensor-model-parallel-size 2 x --pipeline-model-parallel-size 2: both must "
+                "be >= 1 and their product divide the world size 2") in se, se
+    # 2 layers cannot make 3 stages
+    results = run_group(path, str(d / "bad_pp3"), 3, ["--pp", "3"], timeout=120)
+    for rc, so, se in results:
+        assert rc == 1
+        assert "num_hidden_layers 2 is fewer than --pipeline-model-parallel-size 3" in se, se
 
 
 def test_bf16_tp2_close_to_single_process_bf16(model):
