@@ -22,9 +22,9 @@
 using namespace anvil;
 
 int main(int argc, char** argv) {
-  if (argc != 11) {
-    std::cerr
-        << "usage: megatron_bench MODEL BATCH SEQ_LEN STEPS THREADS MICRO WORLD RANK PORT TP\n";
+  if (argc != 11 && argc != 12) {
+    std::cerr << "usage: megatron_bench MODEL BATCH SEQ_LEN STEPS THREADS MICRO WORLD RANK PORT "
+                 "TP [PP]\n";
     return 2;
   }
   try {
@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
     const int batch = std::stoi(argv[2]), seq_len = std::stoi(argv[3]), steps = std::stoi(argv[4]);
     const int threads = std::stoi(argv[5]), micro = std::stoi(argv[6]);
     const int world = std::stoi(argv[7]), rank = std::stoi(argv[8]), port = std::stoi(argv[9]);
-    const int tp = std::stoi(argv[10]);
+    const int tp = std::stoi(argv[10]), pp = argc > 11 ? std::stoi(argv[11]) : 1;
     at::set_num_threads(threads);
     train::TrainerOptions o;
     o.schedule.global_batch_size = batch;
@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
       co.rank = rank;
       co.world_size = world;
       co.master_port = port;
-      auto mesh = megatron::Mesh::create(dist::Communicator::create(co), tp);
+      auto mesh = megatron::Mesh::create(dist::Communicator::create(co), tp, pp);
       model = std::make_unique<megatron::MegatronModel>(mesh, model_dir, at::kFloat, at::kCPU);
       mtrainer = std::make_unique<megatron::MegatronTrainer>(*model, o);
       vocab = model->config().vocab_size;

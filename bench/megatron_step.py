@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Megatron-style training step on CPU: TP=1 (one process) vs TP=2 (two ranks over Gloo on
-localhost), same model, same rollout, same total threads (TP=1 uses T threads; each TP=2
-rank uses T / 2). The plain single-process train::Trainer is the baseline peer. Prints the
-median step time, tokens/s and the ratios.
+"""Megatron-style training step on CPU: TP=1 (one process) vs TP=2 and PP=2 (two ranks over
+Gloo on localhost), same model, same rollout, same total threads (TP=1 uses T threads; each
+rank of a 2-rank group uses T / 2). The plain single-process train::Trainer is the baseline
+peer. Prints the median step time, tokens/s and the ratios.
 
     .venv/bin/python bench/megatron_step.py [--preset small] [--batch 8] [--seq-len 256]
-                                            [--threads 2] [--tp 2]
+                                            [--threads 2] [--tp 2] [--pp 2]
 """
 import argparse
 import json
@@ -31,12 +31,12 @@ def free_port():
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def run(model, a, world, tp, threads):
+def run(model, a, world, tp, threads, pp=1):
     port = free_port()
     ranks = max(world, 1)
     procs = [subprocess.Popen([BENCH, model, str(a.batch), str(a.seq_len), str(a.steps),
                                str(threads), str(a.micro_batch), str(world), str(r), str(port),
-                               str(tp)],
+                               str(tp), str(pp)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for r in range(ranks)]
     outs = [p.communicate() for p in procs]
@@ -55,6 +55,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tp", type=int, default=2)
+    ap.add_argument("--pp", type=int, default=2)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = os.path.join(tmp, "model")
@@ -63,6 +64,7 @@ def main():
         plain = run(model, a, 0, 1, a.threads)
         tp1 = run(model, a, 1, 1, a.threads)
         tpn = run(model, a, a.tp, a.tp, max(1, a.threads // a.tp))
+        ppn = run(model, a, a.pp, 1, max(1, a.threads // a.pp), a.pp)
     tokens = a.batch * a.seq_len
     print(f"megatron step qwen3-{a.preset} fp32 cpu batch={a.batch} len={a.seq_len} "
           f"micro-batch={a.micro_batch} total threads={a.threads} (GRPO rollout: old "
@@ -70,8 +72,10 @@ def main():
     print(f"  train::Trainer (peer)   step {plain:.3f} s  {tokens / plain:8.0f} tokens/s")
     print(f"  megatron TP=1           step {tp1:.3f} s  {tokens / tp1:8.0f} tokens/s")
     print(f"  megatron TP={a.tp}           step {tpn:.3f} s  {tokens / tpn:8.0f} tokens/s")
+    print(f"  megatron PP={a.pp}           step {ppn:.3f} s  {tokens / ppn:8.0f} tokens/s")
     print(f"  ratio TP=1 / Trainer step time = {tp1 / plain:.2f}")
     print(f"  ratio TP=1 / TP={a.tp} step time = {tp1 / tpn:.2f}")
+    print(f"  ratio TP=1 / PP={a.pp} step time = {tp1 / ppn:.2f}")
 
 
 if __name__ == "__main__":
