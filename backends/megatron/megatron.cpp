@@ -7,6 +7,7 @@
 #include "backends/models/rope.hpp"
 #include "backends/models/safetensors.hpp"
 #include "backends/models/weights.hpp"
+#include "backends/train/checkpoint.hpp"
 
 #include <ATen/ATen.h>
 #include <fmt/ranges.h>
@@ -16,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <numeric>
 #include <unordered_map>
 
@@ -1324,6 +1326,158 @@ std::vector<train::Metrics> MegatronTrainer::train_rollout(
     out.push_back(std::move(metrics));
   }
   return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Sharded checkpoints
+
+namespace {
+
+constexpr const char* kLatest = "latest_checkpointed_iteration.txt";
+
+std::string rank_file(int rank, int world) {
+  return fmt::format("rank_{}-of-{}.safetensors", rank, world);
+}
+
+// A shard's key in its rank's file: the HF name (the tied copy apart from the embedding).
+std::string shard_key(const ShardSpec& s) { return s.tied_copy ? s.name + "@tied_copy" : s.name; }
+
+}  // namespace
+
+void MegatronTrainer::save_checkpoint(const std::filesystem::path& save, int64_t iteration,
+                                      const nlohmann::json& state,
+                                      const std::filesystem::path& source, at::ScalarType dtype) {
+  namespace fs = std::filesystem;
+  State& s = *s_;
+  const Mesh& me = s.mesh();
+  dist::Communicator& world = *me.world;
+  const int R = world.rank(), W = world.size();
+  const fs::path dest = train::iteration_dir(save, iteration);
+  fs::path tmp = dest;
+  tmp += ".tmp";
+  if (R == 0) {
+    fs::remove_all(tmp);
+    fs::create_directories(tmp / "megatron");
+  }
+  world.barrier();
+  {
+    const fs::path own = tmp / "megatron" / "tmp-rank" / std::to_string(R);
+    models::CheckpointWriter writer(own, 5ull << 30,
+                                    {{"format", "anvil-megatron"},
+                                     {"world_size", std::to_string(W)},
+                                     {"rank", std::to_string(R)}});
+    const auto& specs = s.model->shard_specs();
+    const auto& masters = s.optimizer->parameters();
+    for (size_t i = 0; i < s.shards.size(); ++i) {
+      const std::string key = shard_key(specs[i]);
+      writer.add(key, masters[i].detach());
+      writer.add(key + ".exp_avg", s.optimizer->exp_avg()[i]);
+      writer.add(key + ".exp_avg_sq", s.optimizer->exp_avg_sq()[i]);
+    }
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    {
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      writer.add("__rng__.cpu", gen.get_state());
+    }
+    writer.finish();
+    fs::rename(own / "model.safetensors", tmp / "megatron" / rank_file(R, W));
+  }
+  // The full model as an HF directory (world rank 0 writes; every rank gathers).
+  {
+    std::unique_ptr<models::CheckpointWriter> writer;
+    if (R == 0) {
+      fs::create_directories(tmp / "model");
+      writer = std::make_unique<models::CheckpointWriter>(tmp / "model");
+    }
+    s.model->for_each_full_tensor([&](const std::string& name, const at::Tensor& t) {
+      if (writer) writer->add(name, t.to(dtype));
+    });
+    if (writer) {
+      writer->finish();
+      nlohmann::json config = s.model->config().to_json();
+      config["dtype"] = dtype == at::kBFloat16 ? "bfloat16"
+                        : dtype == at::kHalf   ? "float16"
+                                               : "float32";
+      write_json_file_atomic(tmp / "model" / "config.json", config);
+      train::copy_hf_side_files(source, tmp / "model");
+    }
+  }
+  world.barrier();
+  if (R == 0) {
+    fs::remove_all(tmp / "megatron" / "tmp-rank");
+    write_json_file_atomic(
+        tmp / "trainer_state.json",
+        {{"format_version", 1},
+         {"iteration", iteration},
+         {"optimizer_steps", s.optimizer->steps()},
+         {"world_size", W},
+         {"megatron", {{"tp", me.tp_size}, {"pp", me.pp_size}, {"dp", me.dp_size}}},
+         {"state", state}});
+    sync_directory(tmp);
+    sync_directory(tmp / "megatron");
+    fs::remove_all(dest);
+    fs::rename(tmp, dest);
+    sync_directory(save);
+    write_text_file_atomic(save / kLatest, std::to_string(iteration) + "\n");
+    log::get("megatron")->info("saved sharded checkpoint {} ({} ranks)", dest.string(), W);
+  }
+  world.barrier();
+}
+
+std::optional<std::pair<int64_t, nlohmann::json>> MegatronTrainer::load_checkpoint(
+    const std::filesystem::path& load, std::optional<int64_t> iteration) {
+  namespace fs = std::filesystem;
+  State& s = *s_;
+  const Mesh& me = s.mesh();
+  const int R = me.world->rank(), W = me.world->size();
+  if (!iteration) {
+    if (!fs::exists(load / kLatest)) return std::nullopt;
+    std::string text = read_text_file(load / kLatest);
+    try {
+      iteration = std::stoll(text);
+    } catch (const std::exception&) {
+      fail("{}: expected an iteration number, found '{}'", (load / kLatest).string(), text);
+    }
+  }
+  const fs::path dir = train::iteration_dir(load, *iteration);
+  const fs::path meta_file = dir / "trainer_state.json";
+  nlohmann::json meta = read_json_file(meta_file);
+  if (!meta.contains("megatron") || !meta["megatron"].is_object())
+    fail(
+        "{}: not a Megatron checkpoint (no 'megatron' mesh sizes); --load {} --finetune "
+        "starts from its weights",
+        meta_file.string(), load.string());
+  const nlohmann::json& mesh = meta["megatron"];
+  const int tp = mesh.value("tp", 0), pp = mesh.value("pp", 0), dp = mesh.value("dp", 0);
+  if (tp != me.tp_size || pp != me.pp_size || dp != me.dp_size)
+    fail(
+        "{}: written by a TP={} x PP={} x DP={} mesh, this group is TP={} x PP={} x DP={} "
+        "(resharding a Megatron checkpoint is not implemented; --finetune loads its model/)",
+        meta_file.string(), tp, pp, dp, me.tp_size, me.pp_size, me.dp_size);
+  const fs::path file = dir / "megatron" / rank_file(R, W);
+  if (!fs::exists(file))
+    fail("{}: incomplete checkpoint, {} is missing", dir.string(), file.string());
+  auto reader = models::CheckpointReader::open(file);
+  const auto& specs = s.model->shard_specs();
+  std::vector<at::Tensor> master, m1, m2;
+  for (size_t i = 0; i < s.shards.size(); ++i) {
+    const std::string key = shard_key(specs[i]);
+    std::vector<at::Tensor*> outs{&master.emplace_back(), &m1.emplace_back(), &m2.emplace_back()};
+    const char* suffixes[] = {"", ".exp_avg", ".exp_avg_sq"};
+    for (size_t k = 0; k < 3; ++k) {
+      const std::string name = key + suffixes[k];
+      if (!reader.contains(name)) fail("{}: tensor '{}' is missing", file.string(), name);
+      *outs[k] = reader.load(name).to(s.shards[i].master.device(), at::kFloat);
+    }
+  }
+  s.optimizer->load_state(meta.at("optimizer_steps").get<int64_t>(), master, m1, m2);
+  if (reader.contains("__rng__.cpu")) {
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(reader.load("__rng__.cpu"));
+  }
+  s.gather_params();
+  return std::make_pair(*iteration, meta.value("state", nlohmann::json::object()));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -48,9 +48,12 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -188,6 +191,21 @@ class MegatronTrainer {
   // last stage's results broadcast over the pipeline, so every rank returns them).
   train::ResponseLogProbs response_logprobs(const std::vector<train::TrainSample>& samples,
                                             bool with_entropy = false);
+
+  // --save: DIR/iter_NNNNNNN/{megatron/rank_R-of-W.safetensors (this rank's fp32 master
+  // shards, their AdamW moments, its RNG), model/ (the full HF model as `dtype`, tokenizer
+  // files from `source`), trainer_state.json (iteration, optimizer steps, world size, the
+  // TP/PP/DP sizes, `state`)}, written under a temporary name and renamed into place, then
+  // latest_checkpointed_iteration.txt. Collective.
+  void save_checkpoint(const std::filesystem::path& save, int64_t iteration,
+                       const nlohmann::json& state, const std::filesystem::path& source,
+                       at::ScalarType dtype);
+  // --load: the latest (or the given) iteration into the master shards, AdamW state and
+  // compute parameters; returns the iteration and its `state`, or nullopt when there is
+  // none. The checkpoint's TP, PP and DP sizes must be this mesh's (resharding a Megatron
+  // checkpoint is not implemented: its model/ loads into any mesh with --finetune).
+  std::optional<std::pair<int64_t, nlohmann::json>> load_checkpoint(
+      const std::filesystem::path& load, std::optional<int64_t> iteration = std::nullopt);
 
   train::AdamW& optimizer();
   int64_t steps() const;

@@ -6,6 +6,10 @@
 //   megatron_tool --model DIR --out DIR [--world W --rank R --port P --tp T --pp S] [--single]
 //                 [--rollouts K] [--ckpt] [--bucket-bytes B] [--export-hf DIR]
 //                 [--sp] [--logprob-check] [--timeout-ms T] [--cuda] [--nccl] [--bf16]
+//                 [--save-ckpt DIR] [--load-ckpt DIR] [--rollout-offset N]
+//
+// --save-ckpt / --load-ckpt: the sharded Megatron checkpoint after / before training;
+// --rollout-offset N: the rollouts start at the N-th (so a resumed run continues them).
 //
 // --sp: sequence parallelism within the TP group. --cuda: the model on the CUDA device;
 // --nccl: the group over NCCL; --bf16: bf16 compute (fp32 masters).
@@ -54,7 +58,8 @@ double max_diff(const at::Tensor& a, const at::Tensor& b) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_dir, out_dir, export_dir;
+  std::string model_dir, out_dir, export_dir, save_ckpt, load_ckpt;
+  int rollout_offset = 0;
   int world = 1, rank = 0, port = 29500, rollouts = 2, tp = 1, pp = 1;
   int64_t timeout_ms = 60000, max_tokens = 40, bucket_bytes = -1;
   bool single = false, ckpt = false, logprob_check = false, sp = false;
@@ -87,6 +92,12 @@ int main(int argc, char** argv) {
       max_tokens = std::stoll(next());
     else if (a == "--bucket-bytes")
       bucket_bytes = std::stoll(next());
+    else if (a == "--save-ckpt")
+      save_ckpt = next();
+    else if (a == "--load-ckpt")
+      load_ckpt = next();
+    else if (a == "--rollout-offset")
+      rollout_offset = std::stoi(next());
     else if (a == "--export-hf")
       export_dir = next();
     else if (a == "--single")
@@ -190,9 +201,18 @@ int main(int argc, char** argv) {
     }
 
     megatron::MegatronTrainer trainer(model, o);
+    if (!load_ckpt.empty()) {
+      auto loaded = trainer.load_checkpoint(load_ckpt);
+      if (!loaded) throw std::runtime_error("no checkpoint in " + load_ckpt);
+      j["loaded_iteration"] = loaded->first;
+    }
     train::Metrics last;
     for (int r = 0; r < rollouts; ++r)
-      last = trainer.train_rollout(rollout(1000 + r, model.config().vocab_size)).back();
+      last = trainer.train_rollout(rollout(1000 + rollout_offset + r, model.config().vocab_size))
+                 .back();
+    if (!save_ckpt.empty())
+      trainer.save_checkpoint(save_ckpt, rollout_offset + rollouts, {{"note", "tool"}}, model_dir,
+                              at::kFloat);
     if (!export_dir.empty())
       model.export_hf(export_dir, model_dir, at::kFloat, /*max_shard_bytes=*/200000);
     models::CheckpointWriter writer(out_dir);
