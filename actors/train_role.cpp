@@ -159,7 +159,6 @@ class TrainRole final : public Role {
     // restores the checkpoint's RNG state over it.
     at::manual_seed(job_.seed);
     if (!job_.load.empty() && !job_.finetune) {
-      if (mega_) fail("--train-backend megatron: resuming a checkpoint is not implemented yet");
       load_checkpoint();
     }
     runtime::RolloutReceiver::Options o;
@@ -296,8 +295,10 @@ class TrainRole final : public Role {
                            {"tokens_seen", sft_tokens_seen_}};
     }
     const std::string& dir = req.dir;
-    if (mega_) fail("--train-backend megatron: checkpoints (--save) are not implemented yet");
-    if (fsdp_) {
+    if (mega_) {
+      mega_trainer_->save_checkpoint(dir, static_cast<int64_t>(version_), state, job_.model,
+                                     models::parse_dtype_name(job_.dtype));
+    } else if (fsdp_) {
       fsdp_->save_checkpoint(dir, static_cast<int64_t>(version_), trainer_->optimizer(), state,
                              job_.model);
     } else {
@@ -421,7 +422,10 @@ class TrainRole final : public Role {
   void load_checkpoint() {
     ResumePoint p = find_resume_point(job_.load, job_.ckpt_step);
     const auto iteration = std::optional<int64_t>(p.iteration);
-    if (fsdp_) {
+    if (mega_) {
+      auto loaded = mega_trainer_->load_checkpoint(job_.load, iteration);
+      if (loaded) loaded_state_ = loaded->second;
+    } else if (fsdp_) {
       if (!p.sharded) {
         fail(
             "--load {}: {} was written by a single train rank; a group of {} ranks loads "

@@ -215,20 +215,6 @@ void check_megatron_flags(actors::JobOptions& job, const std::string& where) {
   if (job.sequence_parallel && tp == 1) {
     fail("{}: --sequence-parallel needs --tensor-model-parallel-size > 1", where);
   }
-  if (world > 1) {
-    if (!job.save.empty()) {
-      fail(
-          "{}: --train-backend megatron with {} ranks: --save is not implemented yet (no "
-          "sharded Megatron checkpoints)",
-          where, world);
-    }
-    if (!job.load.empty() && !job.finetune) {
-      fail(
-          "{}: --train-backend megatron with {} ranks resumes no checkpoint yet; --load DIR "
-          "--finetune starts from its weights",
-          where, world);
-    }
-  }
 }
 
 // slime's debug switches, --ref-load and --disable-compute-advantages-and-returns: what

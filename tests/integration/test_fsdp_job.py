@@ -146,7 +146,6 @@ def test_megatron_train_group_trains_like_one_rank(setup):
     ([*MEGATRON, "--tensor-model-parallel-size", "3"], "does not divide the 2 train ranks"),
     (["--tensor-model-parallel-size", "2"], "need --train-backend megatron"),
     ([*MEGATRON, "--sequence-parallel"], "--sequence-parallel needs --tensor-model-parallel-size"),
-    ([*MEGATRON, "--save", "ckpt"], "--save is not implemented yet"),
 ])
 def test_megatron_flag_errors(setup, extra, message):
     d, model, data = setup

@@ -240,6 +240,23 @@ def test_fsdp_group_of_two_killed_and_resumed_bitwise(setup, straight):
     assert "written by a single train rank" in err, err
 
 
+def test_megatron_pipeline_group_killed_and_resumed_bitwise(setup, straight):
+    """A Megatron train group of two pipeline stages: each rank's fp32 master shards, AdamW
+    moments and RNG come back from its shard file; another mesh is refused naming both."""
+    d, model, data = setup
+    mesh = ("--train-backend", "megatron", "--actor-num-gpus-per-node", "2",
+            "--pipeline-model-parallel-size", "2")
+    straight2 = straight_run(d / "straight-megatron", model, data, *mesh)
+    run_dir = d / "killed-megatron"
+    report = kill_and_resume_in_process(run_dir, model, data, *mesh)
+    check_resumed(straight2, run_dir, report)
+    shards = sorted(os.listdir(run_dir / "ckpt" / "iter_0000004" / "megatron"))
+    assert shards == ["rank_0-of-2.safetensors", "rank_1-of-2.safetensors"]
+    flags = grpo(model, data, "http://127.0.0.1:9/reward", d / "mega-bad", d / "mega-bad.jsonl")
+    err = failed_init(d, "megatron-dp2", [*flags, *mesh[:4], "--load", str(run_dir / "ckpt")])
+    assert "resharding a Megatron checkpoint is not implemented" in err, err
+
+
 def test_cluster_killed_run_resumes_bitwise(setup, straight):
     """Head + two workers + a role process each: every process of the job is SIGKILLed."""
     d, model, data = setup
