@@ -418,7 +418,9 @@ class TrainRole final : public Role {
   }
 
   // --load: the checkpoint's weights, AdamW moments and step (the LR schedule follows it)
-  // and RNG, on one rank or resharded onto this group; the weight version continues from it.
+  // and RNG. Whatever wrote it (one rank, an FSDP group of any size, any Megatron mesh)
+  // loads into whatever this group is: resharded through train::StateReader, the RNG kept
+  // only when the layout is the same. The weight version continues from it.
   void load_checkpoint() {
     ResumePoint p = find_resume_point(job_.load, job_.ckpt_step);
     const auto iteration = std::optional<int64_t>(p.iteration);
@@ -426,21 +428,9 @@ class TrainRole final : public Role {
       auto loaded = mega_trainer_->load_checkpoint(job_.load, iteration);
       if (loaded) loaded_state_ = loaded->second;
     } else if (fsdp_) {
-      if (!p.sharded) {
-        fail(
-            "--load {}: {} was written by a single train rank; a group of {} ranks loads "
-            "sharded (FSDP) checkpoints only",
-            job_.load, p.dir.string(), world_);
-      }
       auto loaded = fsdp_->load_checkpoint(job_.load, trainer_->optimizer(), iteration);
       if (loaded) loaded_state_ = loaded->second;
     } else {
-      if (p.sharded) {
-        fail(
-            "--load {}: {} is sharded over {} FSDP ranks; load it with a train group "
-            "(--actor-num-gpus-per-node)",
-            job_.load, p.dir.string(), p.world_size);
-      }
       auto loaded = train::load_checkpoint(job_.load, *model_, trainer_->optimizer(), iteration);
       if (loaded) loaded_state_ = loaded->state;
     }

@@ -4,6 +4,7 @@
 #include "backends/common/json_util.hpp"
 #include "backends/common/log.hpp"
 #include "backends/train/checkpoint.hpp"
+#include "backends/train/state_reader.hpp"
 #include "backends/models/dtype.hpp"
 #include "backends/models/safetensors.hpp"
 #include "backends/models/weights.hpp"
@@ -555,52 +556,44 @@ std::optional<std::pair<int64_t, nlohmann::json>> FsdpModel::load_checkpoint(
     }
   }
   const fs::path dir = train::iteration_dir(load, *iteration);
-  nlohmann::json meta = read_json_file(dir / "trainer_state.json");
-  if (!meta.contains("world_size"))
-    fail("{}: not a sharded (FSDP) checkpoint: trainer_state.json has no world_size", dir.string());
-  const int old_w = meta.at("world_size").get<int>();
-  std::vector<models::CheckpointReader> old;
-  for (int r = 0; r < old_w; ++r) {
-    fs::path file = dir / "fsdp" / rank_file(r, old_w);
-    if (!fs::exists(file))
-      fail("{}: incomplete checkpoint, {} is missing", dir.string(), file.string());
-    old.push_back(models::CheckpointReader::open(file));
-  }
+  if (!fs::is_directory(dir)) fail("{}: checkpoint directory is missing", dir.string());
+  // Any layout loads: an FSDP group of any size, a Megatron mesh or a single rank; each
+  // rank reads the stored boxes its rows overlap.
+  train::StateReader reader(dir);
+  train::StateLayout mine;
+  mine.kind = train::StateLayout::Kind::kFsdp;
+  mine.world_size = mine.dp = f.W();
+  const bool same = reader.layout() == mine;
+  if (reader.layout().kind != mine.kind && f.R() == 0)
+    log::get("fsdp")->info("resharding {} (written by {}) onto {}", dir.string(),
+                           reader.layout().describe(), mine.describe());
   at::NoGradGuard no_grad;
   const auto& specs = f.model->specs();
   std::vector<at::Tensor> master, m1, m2;
+  using Part = train::StateReader::Part;
   for (const Param& p : f.params) {
-    const std::string& name = specs[static_cast<size_t>(p.index)].name;
-    const int64_t old_sr = (p.rows + old_w - 1) / old_w;
-    const int64_t begin = std::min(p.rows, f.R() * p.shard_rows);
-    const int64_t end = std::min(p.rows, (f.R() + 1) * p.shard_rows);
-    std::vector<at::Tensor> out;
-    for (const char* suffix : {"", ".exp_avg", ".exp_avg_sq"}) {
+    const auto& spec = specs[static_cast<size_t>(p.index)];
+    train::Box box = train::Box::whole(spec.shape);
+    box.offset[0] = std::min(p.rows, f.R() * p.shard_rows);
+    box.size[0] = std::min(p.rows, (f.R() + 1) * p.shard_rows) - box.offset[0];
+    for (auto [out, part] : {std::pair{&master, Part::kMaster}, std::pair{&m1, Part::kExpAvg},
+                             std::pair{&m2, Part::kExpAvgSq}}) {
       at::Tensor t = at::zeros(p.shard.sizes(), p.shard.options());
-      for (int r = 0; r < old_w; ++r) {  // old rank r holds rows [r * old_sr, (r + 1) * old_sr)
-        const int64_t lo = std::max(begin, r * old_sr), hi = std::min(end, (r + 1) * old_sr);
-        if (hi <= lo) continue;
-        const std::string key = name + suffix;
-        if (!old[static_cast<size_t>(r)].contains(key))
-          fail("{}: tensor '{}' is missing from rank {}'s file", dir.string(), key, r);
-        t.narrow(0, lo - begin, hi - lo)
-            .copy_(old[static_cast<size_t>(r)].load_rows(key, lo - r * old_sr, hi - r * old_sr));
-      }
-      out.push_back(t);
+      if (box.size[0] > 0)
+        t.narrow(0, 0, box.size[0]).copy_(reader.read(spec.name, spec.shape, box, part));
+      out->push_back(t);
     }
-    master.push_back(out[0]);
-    m1.push_back(out[1]);
-    m2.push_back(out[2]);
   }
-  optimizer.load_state(meta.at("optimizer_steps").get<int64_t>(), master, m1, m2);
-  if (old_w == f.W() && old[static_cast<size_t>(f.R())].contains("__rng__.cpu")) {
+  optimizer.load_state(reader.optimizer_steps(), master, m1, m2);
+  if (auto rng = same ? reader.rng(f.R(), "__rng__.cpu") : std::nullopt) {
     at::Generator gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_state(old[static_cast<size_t>(f.R())].load("__rng__.cpu"));
+    gen.set_state(*rng);
   }
   f.gathered[f.root()] = false;
   f.unshard(f.root());
-  return std::make_pair(*iteration, meta.value("state", nlohmann::json::object()));
+  return std::make_pair(*iteration,
+                        reader.trainer_state().value("state", nlohmann::json::object()));
 }
 
 void FsdpModel::export_hf(const std::filesystem::path& out, const std::filesystem::path& source,

@@ -80,8 +80,10 @@ class FsdpModel {
                        const train::AdamW& optimizer, const nlohmann::json& state,
                        const std::filesystem::path& source = {});
   // Loads the latest (or the given) iteration into the shards and `optimizer`. The
-  // checkpoint may come from any world size: each rank reads the rows of its new shard
-  // from the old ranks' files that hold them. Returns nullopt when there is none.
+  // checkpoint may come from any layout (an FSDP group of any size, a Megatron mesh, one
+  // rank): each rank reads the rows of its new shard from the stored boxes that hold them
+  // (train/state_reader.hpp); the RNG is restored only from the same world size. Returns
+  // nullopt when there is none.
   std::optional<std::pair<int64_t, nlohmann::json>> load_checkpoint(
       const std::filesystem::path& load, train::AdamW& optimizer,
       std::optional<int64_t> iteration = std::nullopt);

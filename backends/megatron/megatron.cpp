@@ -8,6 +8,7 @@
 #include "backends/models/safetensors.hpp"
 #include "backends/models/weights.hpp"
 #include "backends/train/checkpoint.hpp"
+#include "backends/train/state_reader.hpp"
 
 #include <ATen/ATen.h>
 #include <fmt/ranges.h>
@@ -1342,6 +1343,22 @@ std::string rank_file(int rank, int world) {
 // A shard's key in its rank's file: the HF name (the tied copy apart from the embedding).
 std::string shard_key(const ShardSpec& s) { return s.tied_copy ? s.name + "@tied_copy" : s.name; }
 
+// Where DP rank `dp_rank`'s master shard of a TP-local parameter sits in its HF tensor:
+// the TP slice along the split dimension, then the shard's rows of dim 0 (the valid ones;
+// the stored shard is zero-padded to shard_rows).
+train::Box shard_box(const ShardSpec& spec, const Shard& sh, int dp_rank) {
+  train::Box box{std::vector<int64_t>(spec.full.size(), 0), spec.local};
+  if (spec.split == Split::kRow)
+    box.offset[1] = spec.begin;
+  else if (spec.split != Split::kReplicated)
+    box.offset[0] = spec.begin;
+  const int64_t b = std::min(sh.rows, dp_rank * sh.shard_rows);
+  const int64_t e = std::min(sh.rows, (dp_rank + 1) * sh.shard_rows);
+  box.offset[0] += b;
+  box.size[0] = e - b;
+  return box;
+}
+
 }  // namespace
 
 void MegatronTrainer::save_checkpoint(const std::filesystem::path& save, int64_t iteration,
@@ -1362,12 +1379,16 @@ void MegatronTrainer::save_checkpoint(const std::filesystem::path& save, int64_t
   world.barrier();
   {
     const fs::path own = tmp / "megatron" / "tmp-rank" / std::to_string(R);
+    const auto& specs = s.model->shard_specs();
+    const auto& masters = s.optimizer->parameters();
+    nlohmann::json boxes = nlohmann::json::object();
+    for (size_t i = 0; i < s.shards.size(); ++i)
+      boxes[shard_key(specs[i])] = shard_box(specs[i], s.shards[i], me.dp_rank).to_json();
     models::CheckpointWriter writer(own, 5ull << 30,
                                     {{"format", "anvil-megatron"},
                                      {"world_size", std::to_string(W)},
-                                     {"rank", std::to_string(R)}});
-    const auto& specs = s.model->shard_specs();
-    const auto& masters = s.optimizer->parameters();
+                                     {"rank", std::to_string(R)},
+                                     {train::kBoxesMetadataKey, boxes.dump()}});
     for (size_t i = 0; i < s.shards.size(); ++i) {
       const std::string key = shard_key(specs[i]);
       writer.add(key, masters[i].detach());
@@ -1440,44 +1461,44 @@ std::optional<std::pair<int64_t, nlohmann::json>> MegatronTrainer::load_checkpoi
     }
   }
   const fs::path dir = train::iteration_dir(load, *iteration);
-  const fs::path meta_file = dir / "trainer_state.json";
-  nlohmann::json meta = read_json_file(meta_file);
-  if (!meta.contains("megatron") || !meta["megatron"].is_object())
-    fail(
-        "{}: not a Megatron checkpoint (no 'megatron' mesh sizes); --load {} --finetune "
-        "starts from its weights",
-        meta_file.string(), load.string());
-  const nlohmann::json& mesh = meta["megatron"];
-  const int tp = mesh.value("tp", 0), pp = mesh.value("pp", 0), dp = mesh.value("dp", 0);
-  if (tp != me.tp_size || pp != me.pp_size || dp != me.dp_size)
-    fail(
-        "{}: written by a TP={} x PP={} x DP={} mesh, this group is TP={} x PP={} x DP={} "
-        "(resharding a Megatron checkpoint is not implemented; --finetune loads its model/)",
-        meta_file.string(), tp, pp, dp, me.tp_size, me.pp_size, me.dp_size);
-  const fs::path file = dir / "megatron" / rank_file(R, W);
-  if (!fs::exists(file))
-    fail("{}: incomplete checkpoint, {} is missing", dir.string(), file.string());
-  auto reader = models::CheckpointReader::open(file);
+  if (!fs::is_directory(dir)) fail("{}: checkpoint directory is missing", dir.string());
+  // Any layout loads: this mesh's own (bitwise, RNG included), another Megatron mesh, an
+  // FSDP group or a single rank (resharded: each shard reads the stored boxes it overlaps).
+  train::StateReader reader(dir);
+  train::StateLayout mine;
+  mine.kind = train::StateLayout::Kind::kMegatron;
+  mine.world_size = W;
+  mine.tp = me.tp_size;
+  mine.pp = me.pp_size;
+  mine.dp = me.dp_size;
+  const bool same = reader.layout() == mine;
+  if (!same && R == 0)
+    log::get("megatron")
+        ->info("resharding {} (written by {}) onto {}", dir.string(), reader.layout().describe(),
+               mine.describe());
   const auto& specs = s.model->shard_specs();
   std::vector<at::Tensor> master, m1, m2;
+  using Part = train::StateReader::Part;
   for (size_t i = 0; i < s.shards.size(); ++i) {
-    const std::string key = shard_key(specs[i]);
-    std::vector<at::Tensor*> outs{&master.emplace_back(), &m1.emplace_back(), &m2.emplace_back()};
-    const char* suffixes[] = {"", ".exp_avg", ".exp_avg_sq"};
-    for (size_t k = 0; k < 3; ++k) {
-      const std::string name = key + suffixes[k];
-      if (!reader.contains(name)) fail("{}: tensor '{}' is missing", file.string(), name);
-      *outs[k] = reader.load(name).to(s.shards[i].master.device(), at::kFloat);
+    const Shard& sh = s.shards[i];
+    const train::Box box = shard_box(specs[i], sh, me.dp_rank);
+    for (auto [out, part] : {std::pair{&master, Part::kMaster}, std::pair{&m1, Part::kExpAvg},
+                             std::pair{&m2, Part::kExpAvgSq}}) {
+      at::Tensor t = at::zeros(sh.master.sizes(), sh.master.options());
+      if (box.size[0] > 0)
+        t.narrow(0, 0, box.size[0]).copy_(reader.read(specs[i].name, specs[i].full, box, part));
+      out->push_back(t.detach());
     }
   }
-  s.optimizer->load_state(meta.at("optimizer_steps").get<int64_t>(), master, m1, m2);
-  if (reader.contains("__rng__.cpu")) {
+  s.optimizer->load_state(reader.optimizer_steps(), master, m1, m2);
+  if (auto rng = same ? reader.rng(R, "__rng__.cpu") : std::nullopt) {
     at::Generator gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_state(reader.load("__rng__.cpu"));
+    gen.set_state(*rng);
   }
   s.gather_params();
-  return std::make_pair(*iteration, meta.value("state", nlohmann::json::object()));
+  return std::make_pair(*iteration,
+                        reader.trainer_state().value("state", nlohmann::json::object()));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -193,7 +193,8 @@ class MegatronTrainer {
                                             bool with_entropy = false);
 
   // --save: DIR/iter_NNNNNNN/{megatron/rank_R-of-W.safetensors (this rank's fp32 master
-  // shards, their AdamW moments, its RNG), model/ (the full HF model as `dtype`, tokenizer
+  // shards, their AdamW moments, its RNG; each shard's box in its HF tensor in the file
+  // metadata, see train/state_reader.hpp), model/ (the full HF model as `dtype`, tokenizer
   // files from `source`), trainer_state.json (iteration, optimizer steps, world size, the
   // TP/PP/DP sizes, `state`)}, written under a temporary name and renamed into place, then
   // latest_checkpointed_iteration.txt. Collective.
@@ -202,8 +203,9 @@ class MegatronTrainer {
                        at::ScalarType dtype);
   // --load: the latest (or the given) iteration into the master shards, AdamW state and
   // compute parameters; returns the iteration and its `state`, or nullopt when there is
-  // none. The checkpoint's TP, PP and DP sizes must be this mesh's (resharding a Megatron
-  // checkpoint is not implemented: its model/ loads into any mesh with --finetune).
+  // none. Any layout loads: this mesh's own (bitwise, RNG included), another TP / PP / DP
+  // mesh, an FSDP group or a single rank (each shard reads the stored boxes it overlaps;
+  // the RNG is restored only from the same mesh).
   std::optional<std::pair<int64_t, nlohmann::json>> load_checkpoint(
       const std::filesystem::path& load, std::optional<int64_t> iteration = std::nullopt);
 

@@ -5,6 +5,7 @@
 #include "backends/common/log.hpp"
 #include "backends/models/safetensors.hpp"
 #include "backends/models/weights.hpp"
+#include "backends/train/state_reader.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
@@ -137,6 +138,34 @@ void save_checkpoint(const fs::path& save, int64_t iteration, const models::Deco
   log::get("train")->info("saved checkpoint {}", dest.string());
 }
 
+namespace {
+
+// A checkpoint written by an FSDP group or a Megatron mesh, gathered onto this one rank:
+// every tensor's fp32 master and moments read whole from the ranks' stored boxes. The RNG
+// states stay as they are (another world's ranks drew from their own).
+LoadedCheckpoint load_sharded_checkpoint(const fs::path& dir, int64_t iteration,
+                                         models::DecoderModel& model, AdamW& optimizer) {
+  StateReader reader(dir);
+  log::get("train")->info("resharding {} (written by {}) onto one rank", dir.string(),
+                          reader.layout().describe());
+  const auto& specs = model.specs();
+  std::vector<at::Tensor> master, m1, m2;
+  using Part = StateReader::Part;
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const Box box = Box::whole(specs[i].shape);
+    at::Tensor& p = model.parameters()[i];
+    master.push_back(reader.read(specs[i].name, specs[i].shape, box, Part::kMaster).to(p.device()));
+    m1.push_back(reader.read(specs[i].name, specs[i].shape, box, Part::kExpAvg).to(p.device()));
+    m2.push_back(reader.read(specs[i].name, specs[i].shape, box, Part::kExpAvgSq).to(p.device()));
+  }
+  optimizer.load_state(reader.optimizer_steps(), master, m1, m2);
+  log::get("train")->info("loaded checkpoint {}", dir.string());
+  return LoadedCheckpoint{iteration, reader.trainer_state().value("state", json::object())};
+}
+
+}  // namespace
+
 std::optional<LoadedCheckpoint> load_checkpoint(const fs::path& load, models::DecoderModel& model,
                                                 AdamW& optimizer,
                                                 std::optional<int64_t> iteration) {
@@ -146,6 +175,9 @@ std::optional<LoadedCheckpoint> load_checkpoint(const fs::path& load, models::De
   }
   const fs::path dir = iteration_dir(load, *iteration);
   if (!fs::is_directory(dir)) fail("{}: checkpoint directory is missing", dir.string());
+  if (!fs::exists(dir / "optimizer.safetensors") && fs::exists(dir / "trainer_state.json") &&
+      read_json_file(dir / "trainer_state.json").contains("world_size"))
+    return load_sharded_checkpoint(dir, *iteration, model, optimizer);
   for (const char* f : {"trainer_state.json", "optimizer.safetensors", "model/config.json"})
     if (!fs::exists(dir / f)) fail("{}: incomplete checkpoint, {} is missing", dir.string(), f);
   json meta = read_json_file(dir / "trainer_state.json");

@@ -44,7 +44,9 @@ struct LoadedCheckpoint {
   nlohmann::json state;
 };
 // Loads the iteration named by `latest` (or `iteration` when given) into `model` and
-// `optimizer` (in place) and restores the RNG states. Returns nullopt when `load` holds no
+// `optimizer` (in place) and restores the RNG states. A checkpoint sharded by an FSDP group
+// or a Megatron mesh loads too, gathered onto this rank (state_reader.hpp; the RNG states
+// are then left as they are). Returns nullopt when `load` holds no
 // checkpoint (no `latest` file). Throws anvil::Error naming the file and tensor for a
 // missing, partial or mismatching checkpoint.
 std::optional<LoadedCheckpoint> load_checkpoint(const std::filesystem::path& load,

@@ -5,13 +5,17 @@
 //   fsdp_tool --model DIR --out DIR [--world W --rank R --port P] [--single]
 //             [--rollouts K] [--ckpt] [--offload] [--no-reshard] [--die-at-rollout N]
 //             [--timeout-ms T] [--bucket-bytes B] [--nccl] [--cuda] [--offload-cycle]
+//             [--save DIR] [--load DIR] [--first-rollout N]
 //
+// --save DIR / --load DIR: a checkpoint after / before training (an FSDP group's sharded
+// one, or with --single train::save_checkpoint's); --load takes any layout (resharded).
 // --cuda: the model (single or sharded) on the CUDA device; --offload-cycle: between
 // rollouts the training state goes to pinned host memory and back (colocated offload).
 #include "backends/common/error.hpp"
 #include "backends/dist/communicator.hpp"
 #include "backends/fsdp/fsdp.hpp"
 #include "backends/models/safetensors.hpp"
+#include "backends/train/checkpoint.hpp"
 #include "backends/train/trainer.hpp"
 
 #include <ATen/ATen.h>
@@ -148,8 +152,9 @@ int main(int argc, char** argv) {
     models::DecoderModel& model = single ? *plain : sharded->model();
     train::Metrics last;
     if (!load_dir.empty()) {
-      if (single) throw std::runtime_error("--load needs an FSDP group");
-      auto loaded = sharded->load_checkpoint(load_dir, trainer->optimizer());
+      const bool loaded =
+          single ? train::load_checkpoint(load_dir, *plain, trainer->optimizer()).has_value()
+                 : sharded->load_checkpoint(load_dir, trainer->optimizer()).has_value();
       if (!loaded) throw std::runtime_error("--load: no checkpoint in " + load_dir);
     }
     for (int r = first_rollout; r < first_rollout + rollouts; ++r) {
@@ -168,7 +173,10 @@ int main(int argc, char** argv) {
         }
       }
     }
-    if (!save_dir.empty() && !single)
+    if (!save_dir.empty() && single)
+      train::save_checkpoint(save_dir, first_rollout + rollouts, *plain, trainer->optimizer(),
+                             {{"rollouts", first_rollout + rollouts}}, model_dir);
+    else if (!save_dir.empty())
       sharded->save_checkpoint(save_dir, first_rollout + rollouts, trainer->optimizer(),
                                {{"rollouts", first_rollout + rollouts}});
     if (!export_dir.empty() && !single)

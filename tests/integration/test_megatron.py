@@ -46,9 +46,9 @@ def qwen2_tied(tmp_path_factory):
     return d, path
 
 
-def run_group(model_path, out, world, extra=(), timeout=300):
+def run_group(model_path, out, world, extra=(), timeout=300, tool=TOOL):
     port = free_port()
-    procs = [subprocess.Popen([TOOL, "--model", model_path, "--out", out, "--world", str(world),
+    procs = [subprocess.Popen([tool, "--model", model_path, "--out", out, "--world", str(world),
                                "--rank", str(r), "--port", str(port), *extra],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for r in range(world)]
@@ -286,7 +286,7 @@ def test_cuda_nccl_rank_matches_cpu(model, reference):
 def test_sharded_checkpoint_resumes_bitwise(model, world, extra):
     """2 rollouts, --save-ckpt, a new group --load-ckpt and 1 more rollout: the same weights
     as 3 rollouts straight (masters, AdamW moments and step restored); the checkpoint's
-    model/ is the HF model after 2 rollouts; another mesh is refused naming both."""
+    model/ is the HF model after 2 rollouts. (Loading into another mesh: test_reshard.py.)"""
     d, path = model
     tag = "".join(extra) or "dp"
     ck = str(d / f"ck{tag}")
@@ -303,8 +303,3 @@ def test_sharded_checkpoint_resumes_bitwise(model, world, extra):
     assert saved.keys() == part.keys() and all(np.array_equal(saved[k], part[k]) for k in part)
     meta = json.load(open(os.path.join(ck, "iter_0000002", "trainer_state.json")))
     assert meta["iteration"] == 2 and meta["world_size"] == world
-    other = ["--tp", "2"] if extra else ["--pp", "2"]
-    results = run_group(path, str(d / f"bad{tag}"), 2, [*other, "--load-ckpt", ck], timeout=120)
-    for rc, so, se in results:
-        assert rc == 1
-        assert "resharding a Megatron checkpoint is not implemented" in se, se

@@ -8,3 +8,4 @@ set_target_properties(grad_tool PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINA
 anvil_use_torch_pch(grad_tool)
 anvil_unit_test(train_test SOURCES train_test.cpp LIBS anvil_train TORCH)
 anvil_unit_test(trainer_test SOURCES trainer_test.cpp LIBS anvil_train TORCH)
+anvil_unit_test(state_reader_test SOURCES state_reader_test.cpp LIBS anvil_train TORCH)
