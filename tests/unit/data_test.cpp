@@ -10,6 +10,7 @@
 #include "rollout/data/prefetch_queue.hpp"
 #include "rollout/data/prompt_source.hpp"
 #include "rollout/data/sample_loader.hpp"
+#include "tests/unit/error_of.hpp"
 
 #include <dlfcn.h>
 #include <gtest/gtest.h>
@@ -26,6 +27,7 @@
 namespace {
 
 using namespace anvil::data;
+using anvil::test_util::error_of;
 using ojson = nlohmann::ordered_json;
 namespace fs = std::filesystem;
 
@@ -49,15 +51,6 @@ class TempDir {
  private:
   fs::path path_;
 };
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const anvil::Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 // --- UTF-8 and formats ---
 

@@ -4,6 +4,7 @@
 // --config, gives the same job.
 #include "backends/common/error.hpp"
 #include "launcher/job_flags.hpp"
+#include "tests/unit/error_of.hpp"
 
 #include <CLI/CLI.hpp>
 #include <gtest/gtest.h>
@@ -12,6 +13,8 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+
+using anvil::test_util::error_of;
 
 namespace anvil::launcher {
 namespace {
@@ -33,15 +36,6 @@ struct TempDir {
     return (path / name).string();
   }
 };
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 std::string read_file(const fs::path& p) {
   std::ifstream in(p);

@@ -4,6 +4,7 @@
 #include "backends/models/config.hpp"
 #include "backends/models/decoder.hpp"
 #include "backends/models/safetensors.hpp"
+#include "tests/unit/error_of.hpp"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -14,21 +15,12 @@
 namespace fs = std::filesystem;
 using anvil::Error;
 using namespace anvil::models;
+using anvil::test_util::error_of;
 using nlohmann::json;
 
 namespace {
 
 // Runs `fn` and returns the anvil::Error message ("" if nothing was thrown).
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 fs::path temp_dir(const std::string& name) {
   fs::path d =
       fs::temp_directory_path() / ("anvil_models_test_" + name + "_" + std::to_string(::getpid()));

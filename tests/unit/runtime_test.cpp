@@ -10,6 +10,7 @@
 #include "runtime/process.hpp"
 #include "runtime/shared_memory.hpp"
 #include "runtime/tls.hpp"
+#include "tests/unit/error_of.hpp"
 
 #include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
@@ -25,20 +26,12 @@
 #include <sstream>
 #include <thread>
 
+using anvil::test_util::error_of;
+
 namespace anvil::runtime {
 namespace {
 
 const std::string kToken = "job-token-for-tests";
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 // ---- CRC-32C ---------------------------------------------------------------------------
 

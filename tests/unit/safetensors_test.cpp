@@ -5,6 +5,7 @@
 #include "backends/models/dtype.hpp"
 #include "backends/models/safetensors.hpp"
 #include "backends/models/safetensors_format.hpp"
+#include "tests/unit/error_of.hpp"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -21,6 +22,7 @@
 namespace fs = std::filesystem;
 using anvil::Error;
 using namespace anvil::models;
+using anvil::test_util::error_of;
 using nlohmann::json;
 
 namespace {
@@ -30,16 +32,6 @@ constexpr DType kAllDTypes[] = {DType::BOOL, DType::U8,  DType::I8,  DType::F8_E
                                 DType::U32,  DType::F32, DType::F64, DType::I64,     DType::U64};
 
 // Runs `fn` and returns the anvil::Error message ("" if nothing was thrown).
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }
