@@ -468,10 +468,11 @@ class TrainRole final : public Role {
       out["moved"] = false;
       return out.dump();
     }
-    if (mega_) fail("--train-backend megatron: offloading the training state is not implemented");
     at::NoGradGuard no_grad;
     const at::Device target = to_host ? at::Device(at::kCPU) : device;
-    if (fsdp_) {
+    if (mega_trainer_) {
+      to_host ? mega_trainer_->offload() : mega_trainer_->onload();
+    } else if (fsdp_) {
       to_host ? fsdp_->offload() : fsdp_->onload();
       trainer_->optimizer().move_state_to(target);
     } else {

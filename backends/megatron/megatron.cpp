@@ -953,6 +953,7 @@ struct MegatronTrainer::State {
   train::TrainerOptions options;
   std::vector<Shard> shards;  // per model parameter
   std::unique_ptr<train::AdamW> optimizer;
+  bool offloaded = false;  // offload(): compute parameters freed, masters and moments on the host
   // This rank's squared gradients counted by another rank too: TP-replicated shards on
   // tp_rank > 0 and the last stage's tied copy of the embedding.
   double duplicate_sq = 0;
@@ -1130,6 +1131,38 @@ MegatronTrainer::MegatronTrainer(MegatronModel& model, train::TrainerOptions opt
 }
 
 MegatronTrainer::~MegatronTrainer() = default;
+
+void MegatronTrainer::offload() {
+  State& s = *s_;
+  if (s.offloaded) return;
+  at::NoGradGuard no_grad;
+  for (at::Tensor& p : s.model->parameters()) {
+    p.mutable_grad() = at::Tensor();
+    p.set_data(at::empty({0}, p.options()));  // rebuilt from the masters by onload()
+  }
+  for (Shard& sh : s.shards) {
+    sh.master.mutable_grad() = at::Tensor();
+    sh.master.set_data(train::offload_copy(sh.master, at::kCPU));
+  }
+  s.optimizer->move_state_to(at::kCPU);
+  s.offloaded = true;
+}
+
+void MegatronTrainer::onload() {
+  State& s = *s_;
+  if (!s.offloaded) return;
+  at::NoGradGuard no_grad;
+  const at::Device device = s.model->device();
+  for (Shard& sh : s.shards)
+    if (sh.master.device() != device) sh.master.set_data(sh.master.to(device));
+  s.optimizer->move_state_to(device);
+  auto& params = s.model->parameters();
+  const auto& specs = s.model->shard_specs();
+  for (size_t i = 0; i < params.size(); ++i)
+    params[i].set_data(at::empty(specs[i].local, params[i].options().device(device)));
+  s.gather_params();
+  s.offloaded = false;
+}
 
 train::AdamW& MegatronTrainer::optimizer() { return *s_->optimizer; }
 int64_t MegatronTrainer::steps() const { return s_->optimizer->steps(); }

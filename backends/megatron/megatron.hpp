@@ -209,6 +209,14 @@ class MegatronTrainer {
   std::optional<std::pair<int64_t, nlohmann::json>> load_checkpoint(
       const std::filesystem::path& load, std::optional<int64_t> iteration = std::nullopt);
 
+  // Colocated mode (--colocate, --offload-train): offload() frees this rank's compute
+  // parameters and moves its fp32 master shards and AdamW moments to pinned host memory
+  // (a plain copy when the model is on the CPU); onload() moves them back to the model's
+  // device and rebuilds the compute parameters from the masters (an all-gather over DP, so
+  // collective). The training state is unchanged bitwise; both are idempotent.
+  void offload();
+  void onload();
+
   train::AdamW& optimizer();
   int64_t steps() const;
   // Bytes this rank holds in fp32 master shards and their gradients (for measurements).

@@ -6,11 +6,13 @@
 //   megatron_tool --model DIR --out DIR [--world W --rank R --port P --tp T --pp S] [--single]
 //                 [--rollouts K] [--ckpt] [--bucket-bytes B] [--export-hf DIR]
 //                 [--sp] [--logprob-check] [--timeout-ms T] [--cuda] [--nccl] [--bf16]
-//                 [--save-ckpt DIR] [--load-ckpt DIR] [--rollout-offset N]
+//                 [--save-ckpt DIR] [--load-ckpt DIR] [--rollout-offset N] [--offload-cycle]
 //
 // --save-ckpt / --load-ckpt: the sharded Megatron checkpoint after / before training;
 // --rollout-offset N: the rollouts start at the N-th (so a resumed run continues them).
 //
+// --offload-cycle: after every rollout the trainer offloads (compute parameters freed,
+// masters and moments to host memory) and onloads again, as the colocated job does.
 // --sp: sequence parallelism within the TP group. --cuda: the model on the CUDA device;
 // --nccl: the group over NCCL; --bf16: bf16 compute (fp32 masters).
 //
@@ -63,7 +65,7 @@ int main(int argc, char** argv) {
   int world = 1, rank = 0, port = 29500, rollouts = 2, tp = 1, pp = 1;
   int64_t timeout_ms = 60000, max_tokens = 40, bucket_bytes = -1;
   bool single = false, ckpt = false, logprob_check = false, sp = false;
-  bool cuda = false, nccl = false, bf16 = false;
+  bool cuda = false, nccl = false, bf16 = false, offload_cycle = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] {
@@ -112,6 +114,8 @@ int main(int argc, char** argv) {
       nccl = true;
     else if (a == "--bf16")
       bf16 = true;
+    else if (a == "--offload-cycle")
+      offload_cycle = true;
     else if (a == "--logprob-check")
       logprob_check = true;
     else {
@@ -207,9 +211,14 @@ int main(int argc, char** argv) {
       j["loaded_iteration"] = loaded->first;
     }
     train::Metrics last;
-    for (int r = 0; r < rollouts; ++r)
+    for (int r = 0; r < rollouts; ++r) {
       last = trainer.train_rollout(rollout(1000 + rollout_offset + r, model.config().vocab_size))
                  .back();
+      if (offload_cycle) {  // as the colocated job does around generation
+        trainer.offload();
+        trainer.onload();
+      }
+    }
     if (!save_ckpt.empty())
       trainer.save_checkpoint(save_ckpt, rollout_offset + rollouts, {{"note", "tool"}}, model_dir,
                               at::kFloat);

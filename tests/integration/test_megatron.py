@@ -303,3 +303,21 @@ def test_sharded_checkpoint_resumes_bitwise(model, world, extra):
     assert saved.keys() == part.keys() and all(np.array_equal(saved[k], part[k]) for k in part)
     meta = json.load(open(os.path.join(ck, "iter_0000002", "trainer_state.json")))
     assert meta["iteration"] == 2 and meta["world_size"] == world
+
+
+@pytest.mark.parametrize("world,extra", [(4, ["--tp", "2", "--pp", "2"]), (2, [])],
+                         ids=["tp2pp2", "dp2"])
+def test_offload_and_onload_keep_training_bitwise(model, world, extra):
+    """Colocated offload after every rollout (compute parameters freed, master shards and
+    AdamW moments moved off and back, the parameters all-gathered again from the masters)
+    leaves training bitwise where it would be without it."""
+    d, path = model
+    tag = "".join(extra) or "dp"
+    runs = {}
+    for name, flags in (("plain", []), ("cycled", ["--offload-cycle"])):
+        out = str(d / f"offload-{name}{tag}")
+        for rc, so, se in run_group(path, out, world, [*extra, "--rollouts", "3", *flags]):
+            assert rc == 0, se
+        runs[name] = weights(out)
+    a, b = runs["plain"], runs["cycled"]
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
