@@ -1,4 +1,5 @@
 #include "actors/role_actor.hpp"
+#include "backends/common/omp_pool.hpp"
 
 #include "actors/cluster.hpp"
 #include "actors/role.hpp"
@@ -35,8 +36,13 @@ caf::error role_error(const std::string& text) {
   return caf::make_error(caf::sec::runtime_error, text);
 }
 
-// Runs `f` and turns an exception into an error naming the role.
+// Runs `f` and turns an exception into an error naming the role. Afterwards the role's
+// compute thread hands back its OpenMP workers: the next request may be another role's
+// (backends/common/omp_pool.hpp).
 caf::result<std::string> guarded(const std::string& label, const std::function<std::string()>& f) {
+  struct Release {
+    ~Release() { release_omp_pool(); }
+  } release;
   try {
     return f();
   } catch (const std::exception& e) {
@@ -179,6 +185,16 @@ void configure_caf(caf::actor_system_config& cfg, const std::string& token, int 
   cfg.set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds(heartbeat_ms)});
   cfg.set("middleman.connection-timeout", caf::timespan{std::chrono::milliseconds(timeout_ms)});
   cfg.set("logger.verbosity", caf::atom("quiet"));
+  // CAF's default work-stealing scheduler keeps max(cores, 4) workers polling: an idle
+  // worker sleeps 50 us at a time for its first 500 polls after every message, ~10k
+  // wakeups a second in a running job. Each one preempts a compute thread, and an
+  // OpenMP team waits at its next barrier for the preempted member: on two cores the
+  // in-process RL step ran 1.7x slower with two intra-op threads than with one. Our
+  // event-based actors only route control messages (compute runs in detached actors),
+  // so a shared queue whose workers block on a condition variable costs nothing: no
+  // polling, ~tens of microseconds of extra latency per message.
+  cfg.set("scheduler.policy", caf::atom("sharing"));
+  cfg.set("scheduler.max-threads", size_t{2});
   const runtime::TlsConfig& tls = runtime::process_tls();
   if (tls.enabled()) {
 #ifdef ANVIL_WITH_CAF_OPENSSL

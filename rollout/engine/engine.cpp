@@ -3,6 +3,7 @@
 #include "backends/common/error.hpp"
 #include "backends/common/json_util.hpp"
 #include "backends/common/log.hpp"
+#include "backends/common/omp_pool.hpp"
 #include "backends/models/weights.hpp"
 #include "rollout/data/tokenizer.hpp"
 #include "rollout/engine/kv_pool.hpp"
@@ -287,11 +288,15 @@ bool Engine::step() {
 
 void Engine::thread_main() {
   std::unique_lock lock(mu_);
+  auto ready = [&] {
+    return stop_ || ((!running_.empty() || !waiting_.empty()) && !paused_ && !weights_released_ &&
+                     !kv_released_);
+  };
   while (true) {
-    work_cv_.wait(lock, [&] {
-      return stop_ || ((!running_.empty() || !waiting_.empty()) && !paused_ && !weights_released_ &&
-                       !kv_released_);
-    });
+    if (!ready()) {
+      release_omp_pool();  // idle: another thread may compute (backends/common/omp_pool.hpp)
+      work_cv_.wait(lock, ready);
+    }
     if (stop_) return;
     try {
       step_locked();
