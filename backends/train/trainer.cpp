@@ -239,7 +239,8 @@ Metrics Trainer::accumulate_step(const StepSchedule& step, const StepInputs& in)
     if (!sft) {
       li.entropy = options_.loss.entropy_coef != 0 ? f.entropy : f.entropy.detach();
       li.advantages = gather(in.advantages, mb, device);
-      li.old_logprobs = gather(in.old_logprobs, mb, device);
+      li.old_logprobs =
+          in.old_from_forward ? f.logprobs.detach() : gather(in.old_logprobs, mb, device);
       li.ref_logprobs = gather(in.ref_logprobs, mb, device);
       li.rollout_logprobs = gather(in.rollout_logprobs, mb, device);
     }
@@ -323,8 +324,14 @@ std::vector<Metrics> Trainer::train_rollout(const std::vector<TrainSample>& samp
   if (needs_ref) in.ref_logprobs = ref_logprobs;
 
   if (!sft) {
-    // 1. old log-probs under the weights that start this rollout's steps.
-    if (!lo.use_rollout_logprobs) {
+    // 1. old log-probs under the weights that start this rollout's steps: with one step
+    // and no KL reward shaping, the step's own forward gives them (TrainerOptions).
+    in.old_from_forward = !lo.use_rollout_logprobs && !options_.recompute_old_logprobs &&
+                          schedule.steps.size() == 1 && options_.advantage.kl_coef == 0;
+    if (lo.use_rollout_logprobs) {
+      if (!have_rollout_lp)
+        fail("--use-rollout-logprobs: not every sample carries rollout log-probs");
+    } else if (!in.old_from_forward) {
       const int64_t chunk =
           options_.log_probs_chunk_size < 0 ? INT64_MAX : options_.log_probs_chunk_size;
       const int64_t cap = options_.schedule.use_dynamic_batch_size
@@ -334,8 +341,6 @@ std::vector<Metrics> Trainer::train_rollout(const std::vector<TrainSample>& samp
           options_.schedule.dp_size > 1 && hooks_.all_gather
               ? group_response_logprobs(samples, chunk, cap)
               : response_logprobs(model_, samples, options_.temperature, chunk, cap).logprobs;
-    } else if (!have_rollout_lp) {
-      fail("--use-rollout-logprobs: not every sample carries rollout log-probs");
     }
     // 2. advantages.
     AdvantageInputs ai;

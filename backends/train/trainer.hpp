@@ -50,6 +50,12 @@ struct TrainerOptions {
   int64_t log_probs_chunk_size = 1024;  // --log-probs-chunk-size (rows of logits at once)
   bool gradient_checkpointing = false;  // --gradient-checkpointing
   int64_t dp_rank = 0;                  // which rank's micro-batches this trainer runs
+  // The old log-probs (the PPO ratio's denominator) come from a forward pass over the
+  // rollout before training. When the whole rollout trains in one optimizer step and no
+  // advantage needs them first (--kl-coef 0), they equal the training forward's own
+  // log-probs, so that pass is skipped and those are used detached (TRL does the same for
+  // num_iterations = 1); the ratio is then exactly 1. true forces the separate pass.
+  bool recompute_old_logprobs = false;
 };
 
 using Metrics = std::map<std::string, double>;
@@ -98,6 +104,7 @@ class Trainer {
     const std::vector<TrainSample>* samples = nullptr;
     std::vector<at::Tensor> advantages, old_logprobs, ref_logprobs, weights, loss_masks;
     std::vector<at::Tensor> rollout_logprobs;
+    bool old_from_forward = false;  // old log-probs = the training forward's, detached
   };
   Metrics accumulate_step(const StepSchedule& step, const StepInputs& inputs);
   // Clips, updates, zeroes gradients; adds grad_norm and lr to `metrics`.

@@ -305,6 +305,46 @@ TEST(Trainer, PolicyStepRaisesLogProbOfRewardedResponse) {
   EXPECT_GT(((after[0] - before[0]) * m0).sum().item<double>(), 0.0);
 }
 
+// One optimizer step per rollout: the training forward's own log-probs stand in for the
+// old ones (no separate pass), which gives the same update as recomputing them; with two
+// steps per rollout, or --kl-coef, the separate pass still runs (the second step's old
+// log-probs are not the current weights').
+TEST(Trainer, OneStepRolloutReusesTheTrainingForwardAsOldLogProbs) {
+  std::vector<TrainSample> samples = random_samples(8, 5);
+  for (auto& s : samples) s.rollout_logprobs.clear();
+  auto train = [&](int64_t global_batch, bool recompute, double kl_coef) {
+    auto model = tiny_model(11);
+    TrainerOptions o;
+    o.schedule.global_batch_size = global_batch;
+    o.schedule.micro_batch_size = 3;  // several micro-batches of one step
+    o.optimizer.lr = 1e-2;
+    o.loss.eps_clip = o.loss.eps_clip_high = 0.01;  // a ratio off 1 would be clipped visibly
+    o.advantage.kl_coef = kl_coef;
+    o.recompute_old_logprobs = recompute;
+    Trainer t(*model, o);
+    std::vector<at::Tensor> ref;
+    if (kl_coef != 0)
+      for (const auto& s : samples) ref.push_back(at::zeros({s.response_length}));
+    auto metrics = t.train_rollout(samples, ref);
+    return std::make_pair(metrics, model->parameters());
+  };
+  auto [fused_m, fused_w] = train(8, false, 0);
+  auto [sep_m, sep_w] = train(8, true, 0);
+  ASSERT_EQ(fused_m.size(), 1u);
+  EXPECT_EQ(fused_m[0].at("ratio_max"), 1.0);  // the same tensor, detached: exactly 1
+  EXPECT_EQ(fused_m[0].at("ratio_min"), 1.0);
+  EXPECT_NEAR(sep_m[0].at("ratio_max"), 1.0, 1e-5);
+  EXPECT_NEAR(fused_m[0].at("loss"), sep_m[0].at("loss"), 1e-6);
+  for (size_t i = 0; i < fused_w.size(); ++i)
+    EXPECT_LT((fused_w[i] - sep_w[i]).abs().max().item<double>(), 1e-6) << i;
+  // Two steps per rollout: the second step's ratio moves off 1 either way.
+  auto [two_m, two_w] = train(4, false, 0);
+  ASSERT_EQ(two_m.size(), 2u);
+  EXPECT_NE(two_m[1].at("ratio_max"), 1.0);
+  auto [kl_m, kl_w] = train(8, false, 0.1);  // shaping rewards needs them first: it still trains
+  EXPECT_NEAR(kl_m[0].at("ratio_max"), 1.0, 1e-5);
+}
+
 TEST(Trainer, SftMemorisesSmallDataset) {
   auto model = tiny_model(4);
   std::vector<std::vector<int64_t>> data = {{10, 5, 9, 13, 17, 21, 25, 2},
