@@ -226,6 +226,47 @@ at::Tensor DecoderModel::attention(int layer, const at::Tensor& x, const PackedB
     return at::linear(o.transpose(1, 2).reshape({T, nq * D}), p(w.o_w), p(w.o_b));
   }
 
+  // Packed sequences of different lengths (training, scoring): padded to the longest and
+  // run as one attention call with a causal, length-limited mask, as long as padding at
+  // most doubles the tokens. One call per sequence costs a kernel launch, an OpenMP
+  // region and their backward per sequence and layer, which dominated a GRPO step of 64
+  // short responses and kept it from using a second thread. Padded query rows see their
+  // sequence's keys (never an empty row) and are dropped afterwards.
+  if (cache == nullptr && S > 1) {
+    const int64_t L = *std::max_element(batch.seq_lens.begin(), batch.seq_lens.end());
+    const int64_t Sn = static_cast<int64_t>(S);
+    if (Sn * L <= 2 * T) {
+      std::vector<int64_t> gather_rows(static_cast<size_t>(Sn * L), T), keep_rows;
+      std::vector<int64_t> lens(batch.seq_lens.begin(), batch.seq_lens.end());
+      keep_rows.reserve(static_cast<size_t>(T));
+      int64_t off = 0;
+      for (int64_t s = 0; s < Sn; ++s) {
+        const int64_t n = lens[static_cast<size_t>(s)];
+        for (int64_t j = 0; j < n; ++j) {
+          gather_rows[static_cast<size_t>(s * L + j)] = off + j;
+          keep_rows.push_back(s * L + j);
+        }
+        off += n;
+      }
+      const auto idx_opts = at::TensorOptions().dtype(at::kLong).device(x.device());
+      at::Tensor gather_idx = at::tensor(gather_rows, at::kLong).to(x.device());
+      at::Tensor keep_idx = at::tensor(keep_rows, at::kLong).to(x.device());
+      auto padded = [&](const at::Tensor& t, int64_t h) {  // [T, h, D] -> [S, h, L, D]
+        at::Tensor z = at::cat({t, at::zeros({1, h, D}, t.options())}, 0);
+        return z.index_select(0, gather_idx).view({Sn, L, h, D}).transpose(1, 2);
+      };
+      at::Tensor pos = at::arange(L, idx_opts);
+      at::Tensor len = at::tensor(lens, at::kLong).to(x.device()).view({Sn, 1, 1, 1});
+      at::Tensor mask = (pos.view({1, 1, 1, L}) <= pos.view({1, 1, L, 1})) &
+                        (pos.view({1, 1, 1, L}) < len);  // [S, 1, L, L]: key <= query, < n
+      at::Tensor o =
+          at::scaled_dot_product_attention(padded(q, nq), padded(k, nkv), padded(v, nkv), mask, 0.0,
+                                           /*is_causal=*/false, scale, gqa);
+      at::Tensor rows = o.transpose(1, 2).reshape({Sn * L, nq * D}).index_select(0, keep_idx);
+      return at::linear(rows, p(w.o_w), p(w.o_b));
+    }
+  }
+
   std::vector<at::Tensor> outputs;
   outputs.reserve(S);
   int64_t offset = 0;
