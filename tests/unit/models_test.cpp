@@ -227,6 +227,40 @@ TEST_F(DecoderTest, PackedEqualsOneAtATime) {
   }
 }
 
+// Lengths 3, 7, 1 run as one padded attention call (3 x 7 <= 2 x 11 tokens); lengths
+// 1, 1, 1, 9 would more than double the tokens padded and run one call per sequence. Both
+// agree with each sequence alone, and so do the gradients through the padded call.
+TEST_F(DecoderTest, PaddedAndPerSequenceAttentionEqualOneAtATime) {
+  for (at::Tensor& p : model_->parameters()) p.requires_grad_(true);
+  for (const auto& seqs : std::vector<std::vector<std::vector<int64_t>>>{
+           {{1, 2, 3}, {4, 5, 6, 7, 8, 9, 10}, {11}},
+           {{1}, {2}, {3}, {4, 5, 6, 7, 8, 9, 10, 11, 12}}}) {
+    at::Tensor packed = model_->forward(PackedBatch::pack(seqs, at::kCPU));
+    packed.pow(2).sum().backward();
+    std::vector<at::Tensor> packed_grads;
+    for (at::Tensor& p : model_->parameters()) {
+      packed_grads.push_back(p.grad().clone());
+      p.mutable_grad() = at::Tensor();
+    }
+    int64_t offset = 0;
+    at::Tensor total;
+    for (const auto& s : seqs) {
+      at::Tensor alone = model_->forward(PackedBatch::pack({s}, at::kCPU));
+      const int64_t n = static_cast<int64_t>(s.size());
+      EXPECT_LT((alone - packed.narrow(0, offset, n)).abs().max().item<float>(), 1e-5);
+      total = total.defined() ? total + alone.pow(2).sum() : alone.pow(2).sum();
+      offset += n;
+    }
+    total.backward();
+    for (size_t i = 0; i < packed_grads.size(); ++i) {
+      at::Tensor& p = model_->parameters()[i];
+      const double scale = std::max(1.0, p.grad().abs().max().item<double>());
+      EXPECT_LT((p.grad() - packed_grads[i]).abs().max().item<double>() / scale, 1e-4) << i;
+      p.mutable_grad() = at::Tensor();
+    }
+  }
+}
+
 // Equal-length sequences take the batched attention path; it must agree with the loop.
 TEST_F(DecoderTest, EqualLengthBatchedPathEqualsOneAtATime) {
   std::vector<std::vector<int64_t>> seqs = {{1, 2, 3, 4}, {5, 6, 7, 8}, {9, 10, 11, 12}};
