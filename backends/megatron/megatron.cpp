@@ -373,32 +373,7 @@ struct MegatronModel::Impl {
     q = models::apply_rotary(q, in.cos, in.sin);
     k = models::apply_rotary(k, in.cos, in.sin);
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-    const bool gqa = nq != nkv;
-    const auto& lens = in.batch.seq_lens;
-    const int64_t S = static_cast<int64_t>(lens.size());
-    at::Tensor attn;
-    if (S > 1 && std::all_of(lens.begin(), lens.end(), [&](int64_t n) { return n == lens[0]; })) {
-      const int64_t n = lens[0];
-      auto heads_first = [&](const at::Tensor& t, int64_t h) {
-        return t.view({S, n, h, D}).transpose(1, 2);
-      };
-      at::Tensor o = at::scaled_dot_product_attention(heads_first(q, nq), heads_first(k, nkv),
-                                                      heads_first(v, nkv), std::nullopt, 0.0, true,
-                                                      scale, gqa);
-      attn = o.transpose(1, 2).reshape({T, nq * D});
-    } else {
-      std::vector<at::Tensor> outs;
-      int64_t off = 0;
-      for (int64_t n : lens) {
-        at::Tensor o = at::scaled_dot_product_attention(
-            q.narrow(0, off, n).transpose(0, 1).unsqueeze(0),
-            k.narrow(0, off, n).transpose(0, 1).unsqueeze(0),
-            v.narrow(0, off, n).transpose(0, 1).unsqueeze(0), std::nullopt, 0.0, true, scale, gqa);
-        outs.push_back(o.squeeze(0).transpose(0, 1).reshape({n, nq * D}));
-        off += n;
-      }
-      attn = outs.size() == 1 ? outs[0] : at::cat(outs, 0);
-    }
+    at::Tensor attn = models::causal_packed_attention(q, k, v, in.batch.seq_lens, scale);
     return at::linear(attn, p(w.o_w));
   }
 

@@ -127,6 +127,65 @@ static at::Tensor checkpointed_layer(const DecoderModel& model, int layer, const
 // ---------------------------------------------------------------------------------------
 // DecoderModel
 
+at::Tensor causal_packed_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const std::vector<int64_t>& seq_lens, double scale) {
+  const int64_t T = q.size(0), nq = q.size(1), nkv = k.size(1), D = q.size(2);
+  const int64_t S = static_cast<int64_t>(seq_lens.size());
+  const bool gqa = nq != nkv;
+  const int64_t L = S == 0 ? 0 : *std::max_element(seq_lens.begin(), seq_lens.end());
+  if (S > 1 && S * L == T) {  // every sequence as long as the longest: [S, h, L, D]
+    auto heads_first = [&](const at::Tensor& t) {
+      return t.view({S, L, t.size(1), D}).transpose(1, 2);
+    };
+    at::Tensor o = at::scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v),
+                                                    std::nullopt, 0.0,
+                                                    /*is_causal=*/true, scale, gqa);
+    return o.transpose(1, 2).reshape({T, nq * D});
+  }
+  if (S > 1 && S * L <= 2 * T) {
+    // One padded call: a launch, an OpenMP region and their backward per layer instead of
+    // per sequence (64 short GRPO samples made 64 of each).
+    std::vector<int64_t> gather_rows(static_cast<size_t>(S * L), T), keep_rows;
+    keep_rows.reserve(static_cast<size_t>(T));
+    int64_t off = 0;
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t n = seq_lens[static_cast<size_t>(s)];
+      for (int64_t j = 0; j < n; ++j) {
+        gather_rows[static_cast<size_t>(s * L + j)] = off + j;  // row T is a zero row
+        keep_rows.push_back(s * L + j);
+      }
+      off += n;
+    }
+    const at::Device dev = q.device();
+    at::Tensor gather_idx = at::tensor(gather_rows, at::kLong).to(dev);
+    auto padded = [&](const at::Tensor& t) {  // [T, h, D] -> [S, h, L, D]
+      at::Tensor z = at::cat({t, at::zeros({1, t.size(1), D}, t.options())}, 0);
+      return z.index_select(0, gather_idx).view({S, L, t.size(1), D}).transpose(1, 2);
+    };
+    at::Tensor pos = at::arange(L, at::TensorOptions().dtype(at::kLong).device(dev));
+    at::Tensor len = at::tensor(seq_lens, at::kLong).to(dev).view({S, 1, 1, 1});
+    at::Tensor mask = (pos.view({1, 1, 1, L}) <= pos.view({1, 1, L, 1})) &
+                      (pos.view({1, 1, 1, L}) < len);  // [S, 1, L, L]: key <= query, < n
+    at::Tensor o = at::scaled_dot_product_attention(padded(q), padded(k), padded(v), mask, 0.0,
+                                                    /*is_causal=*/false, scale, gqa);
+    return o.transpose(1, 2)
+        .reshape({S * L, nq * D})
+        .index_select(0, at::tensor(keep_rows, at::kLong).to(dev));
+  }
+  std::vector<at::Tensor> outputs;
+  int64_t off = 0;
+  for (int64_t n : seq_lens) {
+    at::Tensor o = at::scaled_dot_product_attention(
+        q.narrow(0, off, n).transpose(0, 1).unsqueeze(0),
+        k.narrow(0, off, n).transpose(0, 1).unsqueeze(0),
+        v.narrow(0, off, n).transpose(0, 1).unsqueeze(0), std::nullopt, 0.0,
+        /*is_causal=*/true, scale, gqa);  // [1, Nq, n, D]
+    outputs.push_back(o.squeeze(0).transpose(0, 1).reshape({n, nq * D}));
+    off += n;
+  }
+  return outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
+}
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   at::Tensor h = x.to(at::kFloat);
   at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
@@ -206,67 +265,14 @@ at::Tensor DecoderModel::attention(int layer, const at::Tensor& x, const PackedB
   const bool gqa = nq != nkv;
   const size_t S = batch.seq_lens.size();
 
+  if (cache == nullptr) {  // training, scoring: the packed sequences themselves
+    return at::linear(causal_packed_attention(q, k, v, batch.seq_lens, scale), p(w.o_w), p(w.o_b));
+  }
   // A cache that attends the whole batch at once (the rollout engine's paged pool).
-  if (cache != nullptr) {
-    at::Tensor o = cache->attend(layer, q, k, v, batch, past, scale);  // [T, Nq*D]
-    if (o.defined()) return at::linear(o, p(w.o_w), p(w.o_b));
-  }
+  at::Tensor attended = cache->attend(layer, q, k, v, batch, past, scale);  // [T, Nq*D]
+  if (attended.defined()) return at::linear(attended, p(w.o_w), p(w.o_b));
 
-  // Without a cache, sequences of one length run as one batched attention call.
-  if (cache == nullptr && S > 1 &&
-      std::all_of(batch.seq_lens.begin(), batch.seq_lens.end(),
-                  [&](int64_t n) { return n == batch.seq_lens[0]; })) {
-    const int64_t n = batch.seq_lens[0];
-    auto heads_first = [&](const at::Tensor& t, int64_t h) {
-      return t.view({static_cast<int64_t>(S), n, h, D}).transpose(1, 2);  // [S, h, n, D]
-    };
-    at::Tensor o = at::scaled_dot_product_attention(heads_first(q, nq), heads_first(k, nkv),
-                                                    heads_first(v, nkv), std::nullopt, 0.0,
-                                                    /*is_causal=*/true, scale, gqa);
-    return at::linear(o.transpose(1, 2).reshape({T, nq * D}), p(w.o_w), p(w.o_b));
-  }
-
-  // Packed sequences of different lengths (training, scoring): padded to the longest and
-  // run as one attention call with a causal, length-limited mask, as long as padding at
-  // most doubles the tokens. One call per sequence costs a kernel launch, an OpenMP
-  // region and their backward per sequence and layer, which dominated a GRPO step of 64
-  // short responses and kept it from using a second thread. Padded query rows see their
-  // sequence's keys (never an empty row) and are dropped afterwards.
-  if (cache == nullptr && S > 1) {
-    const int64_t L = *std::max_element(batch.seq_lens.begin(), batch.seq_lens.end());
-    const int64_t Sn = static_cast<int64_t>(S);
-    if (Sn * L <= 2 * T) {
-      std::vector<int64_t> gather_rows(static_cast<size_t>(Sn * L), T), keep_rows;
-      std::vector<int64_t> lens(batch.seq_lens.begin(), batch.seq_lens.end());
-      keep_rows.reserve(static_cast<size_t>(T));
-      int64_t off = 0;
-      for (int64_t s = 0; s < Sn; ++s) {
-        const int64_t n = lens[static_cast<size_t>(s)];
-        for (int64_t j = 0; j < n; ++j) {
-          gather_rows[static_cast<size_t>(s * L + j)] = off + j;
-          keep_rows.push_back(s * L + j);
-        }
-        off += n;
-      }
-      const auto idx_opts = at::TensorOptions().dtype(at::kLong).device(x.device());
-      at::Tensor gather_idx = at::tensor(gather_rows, at::kLong).to(x.device());
-      at::Tensor keep_idx = at::tensor(keep_rows, at::kLong).to(x.device());
-      auto padded = [&](const at::Tensor& t, int64_t h) {  // [T, h, D] -> [S, h, L, D]
-        at::Tensor z = at::cat({t, at::zeros({1, h, D}, t.options())}, 0);
-        return z.index_select(0, gather_idx).view({Sn, L, h, D}).transpose(1, 2);
-      };
-      at::Tensor pos = at::arange(L, idx_opts);
-      at::Tensor len = at::tensor(lens, at::kLong).to(x.device()).view({Sn, 1, 1, 1});
-      at::Tensor mask = (pos.view({1, 1, 1, L}) <= pos.view({1, 1, L, 1})) &
-                        (pos.view({1, 1, 1, L}) < len);  // [S, 1, L, L]: key <= query, < n
-      at::Tensor o =
-          at::scaled_dot_product_attention(padded(q, nq), padded(k, nkv), padded(v, nkv), mask, 0.0,
-                                           /*is_causal=*/false, scale, gqa);
-      at::Tensor rows = o.transpose(1, 2).reshape({Sn * L, nq * D}).index_select(0, keep_idx);
-      return at::linear(rows, p(w.o_w), p(w.o_b));
-    }
-  }
-
+  // Otherwise each sequence against its cached keys.
   std::vector<at::Tensor> outputs;
   outputs.reserve(S);
   int64_t offset = 0;
@@ -277,17 +283,15 @@ at::Tensor DecoderModel::attention(int layer, const at::Tensor& x, const PackedB
     at::Tensor vs = v.narrow(0, offset, n).transpose(0, 1);  // [Nkv, n, D]
     std::optional<at::Tensor> mask;
     bool causal = true;
-    if (cache != nullptr) {
-      std::tie(ks, vs) = cache->append(layer, batch.cache_slots[s], ks, vs);  // [Nkv, L+n, D]
-      const int64_t p0 = past[s];
-      if (p0 > 0) {
-        causal = false;
-        if (n > 1) {
-          // Query i sits at absolute position p0 + i and sees keys 0..p0+i.
-          at::Tensor key_pos = at::arange(p0 + n, at::TensorOptions().device(x.device()));
-          at::Tensor query_pos = at::arange(n, key_pos.options()) + p0;
-          mask = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1);  // [n, L+n] bool
-        }
+    std::tie(ks, vs) = cache->append(layer, batch.cache_slots[s], ks, vs);  // [Nkv, L+n, D]
+    const int64_t p0 = past[s];
+    if (p0 > 0) {
+      causal = false;
+      if (n > 1) {
+        // Query i sits at absolute position p0 + i and sees keys 0..p0+i.
+        at::Tensor key_pos = at::arange(p0 + n, at::TensorOptions().device(x.device()));
+        at::Tensor query_pos = at::arange(n, key_pos.options()) + p0;
+        mask = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1);  // [n, L+n] bool
       }
     }
     at::Tensor o = at::scaled_dot_product_attention(qs.unsqueeze(0), ks.unsqueeze(0),

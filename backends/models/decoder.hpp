@@ -164,4 +164,13 @@ class DecoderModel {
 // fp32 RMSNorm as transformers: x * rsqrt(mean(x^2) + eps) in fp32, cast back, * weight.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
+// Causal self-attention of packed sequences without a cache: q [T, Nq, D], k and v
+// [T, Nkv, D] holding sequences of `seq_lens` (summing to T) back to back; returns
+// [T, Nq * D]. Sequences of one length run as one batched call; different lengths as one
+// call padded to the longest with a causal, length-limited mask while padding at most
+// doubles the tokens (padded query rows see their sequence's keys, never an empty row, and
+// are dropped), else one call per sequence. All three agree within fp32 rounding.
+at::Tensor causal_packed_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const std::vector<int64_t>& seq_lens, double scale);
+
 }  // namespace anvil::models
