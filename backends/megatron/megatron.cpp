@@ -1235,11 +1235,16 @@ std::vector<train::Metrics> MegatronTrainer::train_rollout(
       samples.begin(), samples.end(), [](const auto& x) { return !x.rollout_logprobs.empty(); });
   if (have_rollout_lp)
     for (const auto& x : samples) rollout_lp.push_back(at::tensor(x.rollout_logprobs, at::kFloat));
+  // As train::Trainer: one optimizer step and no KL reward shaping -> the old log-probs are
+  // the step's own forward's, detached, and the pipelined pass over the rollout is skipped
+  // (the same decision on every rank: it depends only on the schedule and the options).
+  const bool old_from_forward = !sft && !o.loss.use_rollout_logprobs && !o.recompute_old_logprobs &&
+                                schedule.steps.size() == 1 && o.advantage.kl_coef == 0;
   if (!sft) {
-    if (!o.loss.use_rollout_logprobs)
-      old_lp = response_logprobs(samples).logprobs;
-    else if (!have_rollout_lp)
+    if (o.loss.use_rollout_logprobs && !have_rollout_lp)
       fail("--use-rollout-logprobs: not every sample carries rollout log-probs");
+    if (!o.loss.use_rollout_logprobs && !old_from_forward)
+      old_lp = response_logprobs(samples).logprobs;
     train::AdvantageInputs ai;
     for (const auto& x : samples) ai.rewards.push_back(x.reward);
     ai.logprobs = o.loss.use_rollout_logprobs ? rollout_lp : old_lp;
@@ -1294,7 +1299,7 @@ std::vector<train::Metrics> MegatronTrainer::train_rollout(
       if (!sft) {
         li.entropy = o.loss.entropy_coef != 0 ? f.entropy : f.entropy.detach();
         li.advantages = gather_rows(advantages, idx, device);
-        li.old_logprobs = gather_rows(old_lp, idx, device);
+        li.old_logprobs = old_from_forward ? f.logprobs.detach() : gather_rows(old_lp, idx, device);
         li.ref_logprobs = needs_ref ? gather_rows(ref_logprobs, idx, device) : at::Tensor();
         li.rollout_logprobs = gather_rows(rollout_lp, idx, device);
       }

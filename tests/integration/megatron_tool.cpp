@@ -11,6 +11,8 @@
 // --save-ckpt / --load-ckpt: the sharded Megatron checkpoint after / before training;
 // --rollout-offset N: the rollouts start at the N-th (so a resumed run continues them).
 //
+// --global-batch N (default 4, two optimizer steps per rollout of 8; 8 makes one step,
+// where the old log-probs come from the training forward itself).
 // --offload-cycle: after every rollout the trainer offloads (compute parameters freed,
 // masters and moments to host memory) and onloads again, as the colocated job does.
 // --sp: sequence parallelism within the TP group. --cuda: the model on the CUDA device;
@@ -63,7 +65,7 @@ int main(int argc, char** argv) {
   std::string model_dir, out_dir, export_dir, save_ckpt, load_ckpt;
   int rollout_offset = 0;
   int world = 1, rank = 0, port = 29500, rollouts = 2, tp = 1, pp = 1;
-  int64_t timeout_ms = 60000, max_tokens = 40, bucket_bytes = -1;
+  int64_t timeout_ms = 60000, max_tokens = 40, bucket_bytes = -1, global_batch = 4;
   bool single = false, ckpt = false, logprob_check = false, sp = false;
   bool cuda = false, nccl = false, bf16 = false, offload_cycle = false;
   for (int i = 1; i < argc; ++i) {
@@ -92,6 +94,8 @@ int main(int argc, char** argv) {
       timeout_ms = std::stoll(next());
     else if (a == "--max-tokens")
       max_tokens = std::stoll(next());
+    else if (a == "--global-batch")
+      global_batch = std::stoll(next());
     else if (a == "--bucket-bytes")
       bucket_bytes = std::stoll(next());
     else if (a == "--save-ckpt")
@@ -126,7 +130,7 @@ int main(int argc, char** argv) {
   try {
     at::set_num_threads(1);
     train::TrainerOptions o;
-    o.schedule.global_batch_size = 4;
+    o.schedule.global_batch_size = global_batch;
     o.schedule.use_dynamic_batch_size = true;
     o.schedule.max_tokens_per_gpu = max_tokens;
     o.loss.entropy_coef = 0.01;

@@ -321,3 +321,23 @@ def test_offload_and_onload_keep_training_bitwise(model, world, extra):
         runs[name] = weights(out)
     a, b = runs["plain"], runs["cycled"]
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("world,extra", [(4, ["--tp", "2", "--pp", "2"]), (2, [])],
+                         ids=["tp2pp2", "dp2"])
+def test_one_step_rollouts_reuse_the_training_forward(model, world, extra):
+    """--global-batch 8 (one optimizer step per rollout of 8): both the Megatron group and
+    train::Trainer take the old log-probs from the step's own forward (no separate pass,
+    PPO ratio exactly 1) and end within 1e-5 of each other."""
+    d, path = model
+    tag = "".join(extra) or "dp"
+    flags = ["--rollouts", "3", "--global-batch", "8"]
+    ref, _ = single(path, str(d / f"onestep-single{tag}"), flags)
+    results = run_group(path, str(d / f"onestep{tag}"), world, [*extra, *flags])
+    for rc, so, se in results:
+        assert rc == 0, se
+    m = json.loads(results[0][1])["metrics"]
+    # rank 0 is a first-stage rank: the last stage's metrics reach it by broadcast
+    assert m["ratio_max"] == 1.0 and m["ratio_min"] == 1.0, m
+    got = weights(str(d / f"onestep{tag}"))
+    assert max(float(np.abs(got[k] - ref[k]).max()) for k in ref) < 1e-5
