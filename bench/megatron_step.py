@@ -67,8 +67,8 @@ def main():
         ppn = run(model, a, a.pp, 1, max(1, a.threads // a.pp), a.pp)
     tokens = a.batch * a.seq_len
     print(f"megatron step qwen3-{a.preset} fp32 cpu batch={a.batch} len={a.seq_len} "
-          f"micro-batch={a.micro_batch} total threads={a.threads} (GRPO rollout: old "
-          f"log-probs + one optimizer step)")
+          f"micro-batch={a.micro_batch} total threads={a.threads} (GRPO rollout in one "
+          f"optimizer step; old log-probs from its own forward)")
     print(f"  train::Trainer (peer)   step {plain:.3f} s  {tokens / plain:8.0f} tokens/s")
     print(f"  megatron TP=1           step {tp1:.3f} s  {tokens / tp1:8.0f} tokens/s")
     print(f"  megatron TP={a.tp}           step {tpn:.3f} s  {tokens / tpn:8.0f} tokens/s")
