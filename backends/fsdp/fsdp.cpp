@@ -564,25 +564,21 @@ std::optional<std::pair<int64_t, nlohmann::json>> FsdpModel::load_checkpoint(
   mine.kind = train::StateLayout::Kind::kFsdp;
   mine.world_size = mine.dp = f.W();
   const bool same = reader.layout() == mine;
-  if (reader.layout().kind != mine.kind && f.R() == 0)
+  if (!same && f.R() == 0)
     log::get("fsdp")->info("resharding {} (written by {}) onto {}", dir.string(),
                            reader.layout().describe(), mine.describe());
   at::NoGradGuard no_grad;
   const auto& specs = f.model->specs();
   std::vector<at::Tensor> master, m1, m2;
-  using Part = train::StateReader::Part;
   for (const Param& p : f.params) {
     const auto& spec = specs[static_cast<size_t>(p.index)];
     train::Box box = train::Box::whole(spec.shape);
     box.offset[0] = std::min(p.rows, f.R() * p.shard_rows);
     box.size[0] = std::min(p.rows, (f.R() + 1) * p.shard_rows) - box.offset[0];
-    for (auto [out, part] : {std::pair{&master, Part::kMaster}, std::pair{&m1, Part::kExpAvg},
-                             std::pair{&m2, Part::kExpAvgSq}}) {
-      at::Tensor t = at::zeros(p.shard.sizes(), p.shard.options());
-      if (box.size[0] > 0)
-        t.narrow(0, 0, box.size[0]).copy_(reader.read(spec.name, spec.shape, box, part));
-      out->push_back(t);
-    }
+    auto parts = reader.read_shard(spec.name, spec.shape, box, p.shard);
+    master.push_back(parts[0]);
+    m1.push_back(parts[1]);
+    m2.push_back(parts[2]);
   }
   optimizer.load_state(reader.optimizer_steps(), master, m1, m2);
   if (auto rng = same ? reader.rng(f.R(), "__rng__.cpu") : std::nullopt) {

@@ -1491,17 +1491,13 @@ std::optional<std::pair<int64_t, nlohmann::json>> MegatronTrainer::load_checkpoi
                mine.describe());
   const auto& specs = s.model->shard_specs();
   std::vector<at::Tensor> master, m1, m2;
-  using Part = train::StateReader::Part;
   for (size_t i = 0; i < s.shards.size(); ++i) {
     const Shard& sh = s.shards[i];
-    const train::Box box = shard_box(specs[i], sh, me.dp_rank);
-    for (auto [out, part] : {std::pair{&master, Part::kMaster}, std::pair{&m1, Part::kExpAvg},
-                             std::pair{&m2, Part::kExpAvgSq}}) {
-      at::Tensor t = at::zeros(sh.master.sizes(), sh.master.options());
-      if (box.size[0] > 0)
-        t.narrow(0, 0, box.size[0]).copy_(reader.read(specs[i].name, specs[i].full, box, part));
-      out->push_back(t.detach());
-    }
+    auto parts = reader.read_shard(specs[i].name, specs[i].full,
+                                   shard_box(specs[i], sh, me.dp_rank), sh.master);
+    master.push_back(parts[0]);
+    m1.push_back(parts[1]);
+    m2.push_back(parts[2]);
   }
   s.optimizer->load_state(reader.optimizer_steps(), master, m1, m2);
   if (auto rng = same ? reader.rng(R, "__rng__.cpu") : std::nullopt) {

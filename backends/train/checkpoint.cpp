@@ -150,14 +150,13 @@ LoadedCheckpoint load_sharded_checkpoint(const fs::path& dir, int64_t iteration,
                           reader.layout().describe());
   const auto& specs = model.specs();
   std::vector<at::Tensor> master, m1, m2;
-  using Part = StateReader::Part;
   at::NoGradGuard no_grad;
   for (size_t i = 0; i < specs.size(); ++i) {
-    const Box box = Box::whole(specs[i].shape);
-    at::Tensor& p = model.parameters()[i];
-    master.push_back(reader.read(specs[i].name, specs[i].shape, box, Part::kMaster).to(p.device()));
-    m1.push_back(reader.read(specs[i].name, specs[i].shape, box, Part::kExpAvg).to(p.device()));
-    m2.push_back(reader.read(specs[i].name, specs[i].shape, box, Part::kExpAvgSq).to(p.device()));
+    auto parts = reader.read_shard(specs[i].name, specs[i].shape, Box::whole(specs[i].shape),
+                                   model.parameters()[i]);
+    master.push_back(parts[0]);
+    m1.push_back(parts[1]);
+    m2.push_back(parts[2]);
   }
   optimizer.load_state(reader.optimizer_steps(), master, m1, m2);
   log::get("train")->info("loaded checkpoint {}", dir.string());

@@ -310,6 +310,18 @@ at::Tensor StateReader::read(const std::string& name, const std::vector<int64_t>
   return out;
 }
 
+std::array<at::Tensor, 3> StateReader::read_shard(const std::string& name,
+                                                  const std::vector<int64_t>& full, const Box& box,
+                                                  const at::Tensor& like) const {
+  std::array<at::Tensor, 3> out;
+  for (Part part : {Part::kMaster, Part::kExpAvg, Part::kExpAvgSq}) {
+    at::Tensor t = at::zeros(like.sizes(), like.options().dtype(at::kFloat));
+    if (box.size[0] > 0) t.narrow(0, 0, box.size[0]).copy_(read(name, full, box, part));
+    out[static_cast<size_t>(part)] = t;
+  }
+  return out;
+}
+
 std::optional<at::Tensor> StateReader::rng(int rank, const std::string& key) const {
   const Impl& m = *impl_;
   const size_t f = m.layout.kind == StateLayout::Kind::kSingle ? 0 : static_cast<size_t>(rank);

@@ -22,6 +22,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -78,6 +79,11 @@ class StateReader {
   // with `full` or do not cover the region.
   at::Tensor read(const std::string& name, const std::vector<int64_t>& full, const Box& region,
                   Part part) const;
+  // A shard's three parts (master, exp_avg, exp_avg_sq): fp32 tensors of `like`'s shape on
+  // its device whose first box.size[0] rows are `box` of `name` and whose other rows (a
+  // shard's padding) are zero; box.size[0] may be 0.
+  std::array<at::Tensor, 3> read_shard(const std::string& name, const std::vector<int64_t>& full,
+                                       const Box& box, const at::Tensor& like) const;
   // The generator state `key` ("__rng__.cpu", ...) world rank `rank` saved, if any.
   std::optional<at::Tensor> rng(int rank, const std::string& key) const;
 
