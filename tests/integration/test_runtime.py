@@ -92,6 +92,14 @@ def job_processes(token):
     return pids
 
 
+def segments_of(pids):
+    """The weight-sync segments (/dev/shm/anvil-PID-N) that these processes created. Other
+    tests run beside this one (ctest -j) and make and SIGKILL their own, so a leak check
+    looks at our pids only."""
+    return {f for f in os.listdir("/dev/shm")
+            if any(f.startswith(f"anvil-{pid}-") for pid in pids)}
+
+
 def assert_no_processes(token, timeout=10):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -164,6 +172,16 @@ class Cluster:
         raise AssertionError(f"role {role} was not spawned:\n" +
                              "\n".join(w.text() for w in self.workers))
 
+    def pids(self):
+        """The head's, the workers' and every role's pid that a worker logged spawning."""
+        pids = {self.head.p.pid, *(w.p.pid for w in self.workers)}
+        for w in self.workers:
+            for _, l in list(w.lines):
+                m = re.search(r"spawned role \S+ rank \d+ as pid (\d+)", l)
+                if m:
+                    pids.add(int(m.group(1)))
+        return pids
+
     def close(self):
         for p in [self.head, *self.workers]:
             p.kill()
@@ -229,7 +247,6 @@ def test_two_workers_every_role_end_to_end_and_clean_shutdown(setup):
 
 def test_colocated_weights_go_through_shared_memory(setup):
     d, model, data = setup
-    before = {f for f in os.listdir("/dev/shm") if f.startswith("anvil-")}
     # No --devices: the worker counts the CUDA devices it sees, else offers one CPU slot.
     c = Cluster(d, "coloc", job_flags(model, data, "--num-rollout", "1", "--colocate"),
                 workers=1, devices=(None,))
@@ -250,8 +267,8 @@ def test_colocated_weights_go_through_shared_memory(setup):
         assert int(m.group(4)) == total
         assert (m.group(2) == "cpu") == (int(m.group(1)) == 1 and not has_cuda())
         assert_no_processes(c.token)
-        after = {f for f in os.listdir("/dev/shm") if f.startswith("anvil-")}
-        assert not after - before  # the segment went with its process
+        assert len(c.pids()) > 2  # the roles' spawn lines were seen
+        assert not segments_of(c.pids())  # the segment went with its process
     finally:
         c.close()
 
@@ -259,12 +276,11 @@ def test_colocated_weights_go_through_shared_memory(setup):
 def test_in_process_runs_the_same_job(setup):
     d, model, data = setup
     out = d / "inproc.json"
-    before = {f for f in os.listdir("/dev/shm") if f.startswith("anvil-")}
-    p = run("head", "--in-process", "--report", str(out),
-            *job_flags(model, data, "--num-rollout", "2", "--use-kl-loss"), check=False)
-    assert p.returncode == 0, p.stderr
+    p = Proc(["head", "--in-process", "--report", str(out),
+              *job_flags(model, data, "--num-rollout", "2", "--use-kl-loss")])
+    assert p.wait(120) == 0, p.text()
     check_report(json.load(open(out)), 2)
-    assert not {f for f in os.listdir("/dev/shm") if f.startswith("anvil-")} - before
+    assert not segments_of([p.p.pid])
 
 
 def long_job(model, data):
